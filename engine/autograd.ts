@@ -1,0 +1,100 @@
+/**
+ * Eager tape autograd (micrograd-style): walk the graph from the loss in
+ * reverse topological order, call each node's backward rule, accumulate
+ * gradients into leaves. Each rule runs inside `tidy` so its temporaries die
+ * with it; each intermediate gradient is disposed as soon as it was consumed,
+ * and each node is dropped (with the tensors only it saved) once it ran.
+ * @module
+ */
+import { keep, noGrad, tidy } from "./scope.ts";
+import { setBackward, Tensor } from "./tensor.ts";
+import { add } from "./ops/elementwise.ts";
+import { fill } from "./ops/fill.ts";
+
+function topoOrder(root: Tensor): Tensor[] {
+  const order: Tensor[] = [];
+  const seen = new Set<Tensor>();
+  const stack: [Tensor, boolean][] = [[root, false]];
+  while (stack.length) {
+    const [t, done] = stack.pop()!;
+    if (done) {
+      order.push(t);
+      continue;
+    }
+    if (seen.has(t)) continue;
+    seen.add(t);
+    stack.push([t, true]);
+    for (const x of t.node?.inputs ?? []) {
+      if (x.requiresGrad && !seen.has(x)) stack.push([x, false]);
+    }
+  }
+  return order; // inputs before outputs
+}
+
+/** Computes d root / d leaf for every leaf that requires grad, accumulating into `leaf.grad`. */
+export function backward(root: Tensor, grad?: Tensor): void {
+  if (!root.requiresGrad) {
+    throw new Error("backward(): the tensor does not require grad (no input had requiresGrad)");
+  }
+  if (!grad && root.size !== 1) {
+    throw new Error(
+      `backward(): root has shape [${root.shape}]; pass a gradient or reduce to a scalar`,
+    );
+  }
+  noGrad(() => {
+    const order = topoOrder(root);
+    const grads = new Map<Tensor, Tensor>();
+    grads.set(root, grad ? grad.view(grad.shape) : fill(root.shape, 1));
+    for (let i = order.length - 1; i >= 0; i--) {
+      const t = order[i];
+      const g = grads.get(t);
+      if (!g) continue;
+      grads.delete(t);
+      keep(g);
+      const node = t.node;
+      if (!node) {
+        // a leaf: accumulate into .grad
+        if (t.grad) {
+          const s = keep(add(t.grad, g));
+          t.grad.dispose();
+          g.dispose();
+          t.grad = s;
+        } else t.grad = g;
+        continue;
+      }
+      const inputGrads = tidy(() => {
+        const out = node.backward(g);
+        // A rule may hand g itself (or one tensor) to several inputs: give each its own view.
+        const used = new Set<Tensor>([g]);
+        return out.map((gi) => {
+          if (!gi) return null;
+          if (used.has(gi)) return gi.view(gi.shape);
+          used.add(gi);
+          return gi;
+        });
+      });
+      node.inputs.forEach((x, k) => {
+        const gi = inputGrads[k];
+        if (!gi) return;
+        keep(gi);
+        if (!x.requiresGrad) return gi.dispose();
+        if (gi.shape.join() !== x.shape.join()) {
+          throw new Error(
+            `backward(): ${node.op} gave a [${gi.shape}] gradient for a [${x.shape}] input`,
+          );
+        }
+        const prev = grads.get(x);
+        if (prev) {
+          grads.set(x, keep(add(prev, gi)));
+          prev.dispose();
+          gi.dispose();
+        } else grads.set(x, gi);
+      });
+      g.dispose();
+      node.saved?.forEach((s) => s.dispose());
+      t.node = null;
+    }
+  });
+}
+
+setBackward(backward);

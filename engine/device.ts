@@ -1,0 +1,319 @@
+/**
+ * The WebGPU device: adapter and limits, a size-class buffer pool, a pipeline
+ * cache keyed by WGSL source, one command encoder that ops append dispatches
+ * to, batched submission and readback.
+ *
+ * Buffer reuse rule: a released buffer may still be read by dispatches that
+ * are encoded but not yet submitted. It becomes reusable only once that
+ * encoder is submitted; from then on WebGPU's queue order (submits and
+ * `writeBuffer` run in call order) guarantees no later user sees a stale read.
+ * This keeps reuse safe without waiting ~11 ms for `onSubmittedWorkDone`.
+ * @module
+ */
+
+/** Thrown when no WebGPU adapter can be had; the message says what to install. */
+export class WebGPUUnavailableError extends Error {
+  constructor(detail: string) {
+    super(
+      `No usable WebGPU adapter (${detail}).\n` +
+        "  Debian/Ubuntu without a GPU: sudo apt-get update && sudo apt-get install mesa-vulkan-drivers\n" +
+        "  With a GPU: install its Vulkan (Linux), Metal (macOS) or D3D12 (Windows) driver.\n" +
+        "  A backend can be forced with DENO_WEBGPU_BACKEND=vulkan|gl.",
+    );
+    this.name = "WebGPUUnavailableError";
+  }
+}
+
+/** Thrown when the GPU device is lost or runs out of memory. */
+export class DeviceError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "DeviceError";
+  }
+}
+
+/** What the engine learned about the adapter it runs on. */
+export interface DeviceInfo {
+  description: string;
+  maxBufferSize: number;
+  maxStorageBufferBindingSize: number;
+  maxComputeWorkgroupStorageSize: number;
+  maxStorageBuffersPerShaderStage: number;
+  maxComputeWorkgroupsPerDimension: number;
+  shaderF16: boolean;
+  subgroups: boolean;
+  timestampQuery: boolean;
+}
+
+const STORAGE_USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+const UNIFORM_USAGE = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
+const READ_USAGE = GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST;
+
+/** Dispatches appended before an automatic submit. */
+const DISPATCHES_PER_SUBMIT = 48;
+
+/** Rounds a byte size up to its pool class: 256 B, then 2^k * {1, 1.25, 1.5, 1.75}. */
+export function sizeClass(bytes: number): number {
+  if (bytes <= 256) return 256;
+  const p = 2 ** Math.floor(Math.log2(bytes));
+  for (const f of [1, 1.25, 1.5, 1.75, 2]) {
+    const c = Math.ceil((p * f) / 256) * 256;
+    if (c >= bytes) return c;
+  }
+  return 2 * p;
+}
+
+/** A scalar kernel parameter: u32 by default, or f32/i32 (bit-cast into the u32 slot). */
+export type Param = number | { f32: number } | { i32: number };
+
+/** One dispatch: a WGSL source, its storage buffers in binding order, parameters and grid. */
+export interface Dispatch {
+  wgsl: string;
+  /** Storage buffers bound at @binding(1..n) of @group(0); binding 0 is the params uniform. */
+  buffers: GPUBuffer[];
+  params: Param[];
+  workgroups: [number, number?, number?];
+  label?: string;
+}
+
+export class Device {
+  readonly gpu: GPUDevice;
+  readonly info: DeviceInfo;
+  #free = new Map<string, GPUBuffer[]>(); // key `${usage}:${size}` -> reusable buffers
+  #pending: [string, GPUBuffer][] = []; // released in the open encoder; free after submit
+  #pipelines = new Map<string, GPUComputePipeline>();
+  #encoder: GPUCommandEncoder | null = null;
+  #pass: GPUComputePassEncoder | null = null;
+  #dispatches = 0;
+  #error: string | null = null;
+  /** Bytes of storage buffers handed out and not yet released. */
+  liveBytes = 0;
+  /** Bytes held by the pool in total (live + cached). */
+  pooledBytes = 0;
+  /** Submissions so far (for tests and benchmarks). */
+  submits = 0;
+
+  private constructor(gpu: GPUDevice, info: DeviceInfo) {
+    this.gpu = gpu;
+    this.info = info;
+    gpu.lost.then((lost) => {
+      if (lost.reason !== "destroyed") this.#error = `GPU device lost: ${lost.message}`;
+    });
+    gpu.addEventListener("uncapturederror", (e) => {
+      const err = (e as GPUUncapturedErrorEvent).error;
+      this.#error ??= err instanceof GPUOutOfMemoryError
+        ? "GPU out of memory: reduce batch size, sequence length or model size"
+        : `WebGPU error: ${err.message}`;
+    });
+  }
+
+  /** Requests the adapter and a device with the adapter's real limits and useful features. */
+  static async create(): Promise<Device> {
+    if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) {
+      throw new WebGPUUnavailableError("navigator.gpu is missing in this runtime");
+    }
+    let adapter: GPUAdapter | null = null;
+    try {
+      adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+    } catch (e) {
+      throw new WebGPUUnavailableError(`requestAdapter failed: ${(e as Error).message}`);
+    }
+    if (!adapter) throw new WebGPUUnavailableError("requestAdapter returned null");
+    const wanted: GPUFeatureName[] = ["shader-f16", "subgroups", "timestamp-query"]
+      .filter((f) => adapter!.features.has(f)) as GPUFeatureName[];
+    const l = adapter.limits;
+    const requiredLimits: Record<string, number> = {
+      maxBufferSize: l.maxBufferSize,
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+      maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+      maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+    };
+    const gpu = await adapter.requestDevice({ requiredFeatures: wanted, requiredLimits });
+    const info: DeviceInfo = {
+      description: adapter.info?.description || adapter.info?.vendor || "unknown adapter",
+      maxBufferSize: l.maxBufferSize,
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+      maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+      shaderF16: wanted.includes("shader-f16"),
+      subgroups: wanted.includes("subgroups"),
+      timestampQuery: wanted.includes("timestamp-query"),
+    };
+    return new Device(gpu, info);
+  }
+
+  #check(): void {
+    if (this.#error) throw new DeviceError(this.#error);
+  }
+
+  #acquire(bytes: number, usage: number): GPUBuffer {
+    this.#check();
+    const size = sizeClass(bytes);
+    const key = `${usage}:${size}`;
+    const reuse = this.#free.get(key)?.pop();
+    if (reuse) return reuse;
+    if (size > this.info.maxBufferSize) {
+      throw new DeviceError(
+        `buffer of ${size} bytes exceeds this adapter's maxBufferSize (${this.info.maxBufferSize})`,
+      );
+    }
+    try {
+      const buf = this.gpu.createBuffer({ size, usage });
+      if (usage === STORAGE_USAGE) this.pooledBytes += size;
+      return buf;
+    } catch (e) {
+      throw new DeviceError(`could not allocate ${size} bytes on the GPU: ${(e as Error).message}`);
+    }
+  }
+
+  #release(buf: GPUBuffer, usage: number): void {
+    this.#pending.push([`${usage}:${buf.size}`, buf]);
+    if (!this.#encoder) this.#recycle();
+  }
+
+  #recycle(): void {
+    for (const [key, buf] of this.#pending) {
+      let list = this.#free.get(key);
+      if (!list) this.#free.set(key, list = []);
+      list.push(buf);
+    }
+    this.#pending = [];
+  }
+
+  /** A storage buffer of at least `bytes` bytes (contents undefined). */
+  alloc(bytes: number): GPUBuffer {
+    const buf = this.#acquire(Math.max(bytes, 4), STORAGE_USAGE);
+    this.liveBytes += buf.size;
+    return buf;
+  }
+
+  /** Returns a storage buffer to the pool. */
+  free(buf: GPUBuffer): void {
+    this.liveBytes -= buf.size;
+    this.#release(buf, STORAGE_USAGE);
+  }
+
+  /** Uploads `data` into `buf` at byte offset 0 (queue-ordered after earlier submits). */
+  write(buf: GPUBuffer, data: ArrayBufferView): void {
+    // Order the write after every dispatch already encoded.
+    if (this.#encoder) this.flush();
+    this.gpu.queue.writeBuffer(buf, 0, data.buffer, data.byteOffset, data.byteLength);
+  }
+
+  /** The compute pipeline for a WGSL source, compiled once. */
+  pipeline(wgsl: string, label = "kernel"): GPUComputePipeline {
+    let p = this.#pipelines.get(wgsl);
+    if (!p) {
+      const module = this.gpu.createShaderModule({ code: wgsl, label });
+      p = this.gpu.createComputePipeline({
+        layout: "auto",
+        compute: { module, entryPoint: "main" },
+        label,
+      });
+      this.#pipelines.set(wgsl, p);
+    }
+    return p;
+  }
+
+  /** Appends one dispatch to the open command encoder. */
+  dispatch(d: Dispatch): void {
+    this.#check();
+    const pipeline = this.pipeline(d.wgsl, d.label);
+    const n = Math.max(4, Math.ceil(d.params.length / 4) * 4);
+    const words = new Uint32Array(n);
+    const f32 = new Float32Array(words.buffer);
+    const i32 = new Int32Array(words.buffer);
+    d.params.forEach((p, i) => {
+      if (typeof p === "number") words[i] = p;
+      else if ("f32" in p) f32[i] = p.f32;
+      else i32[i] = p.i32;
+    });
+    const uniform = this.#acquire(words.byteLength, UNIFORM_USAGE);
+    this.gpu.queue.writeBuffer(uniform, 0, words);
+    const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: uniform } }];
+    d.buffers.forEach((buffer, i) => entries.push({ binding: i + 1, resource: { buffer } }));
+    const bindGroup = this.gpu.createBindGroup({
+      layout: pipeline.getBindGroupLayout(0),
+      entries,
+    });
+    this.#encoder ??= this.gpu.createCommandEncoder();
+    this.#pass ??= this.#encoder.beginComputePass();
+    this.#pass.setPipeline(pipeline);
+    this.#pass.setBindGroup(0, bindGroup);
+    const [x, y = 1, z = 1] = d.workgroups;
+    const max = this.info.maxComputeWorkgroupsPerDimension;
+    if (x > max || y > max || z > max) {
+      throw new DeviceError(
+        `dispatch ${d.label ?? ""} of ${x}x${y}x${z} workgroups exceeds ${max}`,
+      );
+    }
+    if (x > 0 && y > 0 && z > 0) this.#pass.dispatchWorkgroups(x, y, z);
+    this.#release(uniform, UNIFORM_USAGE);
+    if (++this.#dispatches >= DISPATCHES_PER_SUBMIT) this.flush();
+  }
+
+  /** Copies `bytes` bytes between storage buffers (encoded in order with dispatches). */
+  copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
+    this.#pass?.end();
+    this.#pass = null;
+    this.#encoder ??= this.gpu.createCommandEncoder();
+    this.#encoder.copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
+  }
+
+  /** Submits everything encoded so far. */
+  flush(): void {
+    if (!this.#encoder) return;
+    this.#pass?.end();
+    this.#pass = null;
+    this.gpu.queue.submit([this.#encoder.finish()]);
+    this.#encoder = null;
+    this.#dispatches = 0;
+    this.submits++;
+    this.#recycle();
+  }
+
+  /** Reads `bytes` bytes of a storage buffer back to the CPU. */
+  async read(buf: GPUBuffer, bytes: number, offset = 0): Promise<ArrayBuffer> {
+    const staging = this.#acquire(bytes, READ_USAGE);
+    this.copy(buf, offset, staging, 0, Math.ceil(bytes / 4) * 4);
+    this.flush();
+    try {
+      await staging.mapAsync(GPUMapMode.READ, 0, staging.size);
+    } catch (e) {
+      this.#check();
+      throw new DeviceError(`reading back from the GPU failed: ${(e as Error).message}`);
+    }
+    this.#check();
+    const out = staging.getMappedRange(0, staging.size).slice(0, bytes);
+    staging.unmap();
+    this.#release(staging, READ_USAGE);
+    return out;
+  }
+
+  /** Waits until the GPU finished all submitted work. */
+  async sync(): Promise<void> {
+    this.flush();
+    await this.gpu.queue.onSubmittedWorkDone();
+    this.#check();
+  }
+}
+
+let current: Device | null = null;
+let creating: Promise<Device> | null = null;
+
+/** The process-wide device, created on first use. */
+export async function initDevice(): Promise<Device> {
+  if (current) return current;
+  creating ??= Device.create().then((d) => current = d);
+  return await creating;
+}
+
+/** The device, which `initDevice()` must have created. */
+export function device(): Device {
+  if (!current) throw new Error("call `await initDevice()` before using tensors");
+  return current;
+}

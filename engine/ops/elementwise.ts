@@ -1,0 +1,252 @@
+/**
+ * Elementwise ops with numpy broadcasting. Each op is one row of a table:
+ * its WGSL expression, its backward rule, and its CPU reference.
+ * @module
+ */
+import { elementwiseKernel, EW, type ReadMode } from "../../kernels/elementwise.ts";
+import { MAX_RANK } from "../../kernels/common.ts";
+import type { Param } from "../device.ts";
+import { record, Tensor } from "../tensor.ts";
+import { launch1d, memo } from "./_launch.ts";
+import { mapN, type NDArray } from "./_reference.ts";
+import { broadcastShapes, broadcastStrides, sameShape } from "./_shape.ts";
+import { sumTo } from "./reduce.ts";
+
+const kernel = memo(elementwiseKernel);
+
+/** Runs `expr` over broadcast inputs (all f32); no tape. */
+export function elementwise(name: string, inputs: Tensor[], expr: string, alpha = 0): Tensor {
+  for (const t of inputs) {
+    if (t.dtype !== "f32") throw new Error(`${name}: expects f32 inputs, got ${t.dtype}`);
+  }
+  const shape = inputs.map((t) => t.shape).reduce((a, b) => broadcastShapes(a, b, name));
+  if (shape.length > MAX_RANK) throw new Error(`${name}: rank ${shape.length} > ${MAX_RANK}`);
+  const out = Tensor.empty(shape);
+  const modes = inputs.map((t): ReadMode =>
+    sameShape(t.shape, shape) ? "f" : t.size === 1 ? "s" : "b"
+  ).join("");
+  const params: Param[] = new Array(EW.alpha(inputs.length) + 1).fill(0);
+  params[EW.n] = out.size;
+  params[EW.rank] = shape.length;
+  shape.forEach((d, i) => params[EW.shape + i] = d);
+  inputs.forEach((t, k) =>
+    broadcastStrides(t.shape, shape).forEach((s, i) => params[EW.strides(k) + i] = s)
+  );
+  params[EW.alpha(inputs.length)] = { f32: alpha };
+  launch1d(kernel(modes, expr), [...inputs, out], params, out.size, name);
+  return out;
+}
+
+// ---- unary ops: y = f(x) -------------------------------------------------------------
+
+interface UnaryDef {
+  expr: string;
+  /** dL/dx from dL/dy = g, the input x and the output y. */
+  backward: (g: Tensor, x: Tensor, y: Tensor) => Tensor;
+  reference: (x: number) => number;
+}
+
+const sig = (x: number) => 1 / (1 + Math.exp(-x));
+
+export const unaryOps = {
+  neg: { expr: "-a", backward: (g) => neg(g), reference: (x) => -x },
+  // dy/dx = y
+  exp: { expr: "exp(a)", backward: (g, _x, y) => mul(g, y), reference: Math.exp },
+  // dy/dx = 1/x
+  log: { expr: "log(a)", backward: (g, x) => div(g, x), reference: Math.log },
+  // dy/dx = 0.5 / y
+  sqrt: {
+    expr: "sqrt(a)",
+    backward: (g, _x, y) => div(mulScalar(g, 0.5), y),
+    reference: Math.sqrt,
+  },
+  // dy/dx = -0.5 y^3
+  rsqrt: {
+    expr: "inverseSqrt(a)",
+    backward: (g, _x, y) => mul(g, mulScalar(mul(y, mul(y, y)), -0.5)),
+    reference: (x) => 1 / Math.sqrt(x),
+  },
+  // dy/dx = y (1 - y)
+  sigmoid: {
+    expr: "1.0 / (1.0 + exp(-a))",
+    backward: (g, _x, y) => mul(g, mul(y, rsubScalar(y, 1))),
+    reference: sig,
+  },
+  // dy/dx = s (1 + x (1 - s)), s = sigmoid(x)
+  silu: {
+    expr: "a / (1.0 + exp(-a))",
+    backward: (g, x) =>
+      elementwise(
+        "silu_backward",
+        [g, x],
+        "a * (1.0 / (1.0 + exp(-b))) * (1.0 + b - b / (1.0 + exp(-b)))",
+      ),
+    reference: (x) => x * sig(x),
+  },
+  // dy/dx = 1 - y^2
+  tanh: {
+    expr: "tanh(a)",
+    backward: (g, _x, y) => mul(g, rsubScalar(mul(y, y), 1)),
+    reference: Math.tanh,
+  },
+  // dy/dx = 2x
+  square: { expr: "a * a", backward: (g, x) => mul(g, mulScalar(x, 2)), reference: (x) => x * x },
+  // dy/dx = sign(x)
+  abs: {
+    expr: "abs(a)",
+    backward: (g, x) => mul(g, elementwise("sign", [x], "sign(a)")),
+    reference: Math.abs,
+  },
+} satisfies Record<string, UnaryDef>;
+
+export type UnaryOp = keyof typeof unaryOps;
+
+function unary(op: UnaryOp, x: Tensor): Tensor {
+  const def: UnaryDef = unaryOps[op];
+  const y = elementwise(op, [x], def.expr);
+  return record(y, { op, inputs: [x], backward: (g) => [def.backward(g, x, y)] });
+}
+
+export const neg = (x: Tensor): Tensor => unary("neg", x);
+export const exp = (x: Tensor): Tensor => unary("exp", x);
+export const log = (x: Tensor): Tensor => unary("log", x);
+export const sqrt = (x: Tensor): Tensor => unary("sqrt", x);
+export const rsqrt = (x: Tensor): Tensor => unary("rsqrt", x);
+export const sigmoid = (x: Tensor): Tensor => unary("sigmoid", x);
+export const silu = (x: Tensor): Tensor => unary("silu", x);
+export const tanh = (x: Tensor): Tensor => unary("tanh", x);
+export const square = (x: Tensor): Tensor => unary("square", x);
+export const abs = (x: Tensor): Tensor => unary("abs", x);
+
+// ---- scalar ops: y = f(x, alpha) -----------------------------------------------------
+
+interface ScalarDef {
+  expr: string;
+  backward: (g: Tensor, x: Tensor, alpha: number) => Tensor;
+  reference: (x: number, alpha: number) => number;
+}
+
+export const scalarOps = {
+  addScalar: { expr: "a + alpha", backward: (g) => g, reference: (x, s) => x + s },
+  mulScalar: {
+    expr: "a * alpha",
+    backward: (g, _x, s) => mulScalar(g, s),
+    reference: (x, s) => x * s,
+  },
+  // alpha - x
+  rsubScalar: { expr: "alpha - a", backward: (g) => neg(g), reference: (x, s) => s - x },
+  // dy/dx = alpha x^(alpha-1); x >= 0 for non-integer alpha
+  powScalar: {
+    expr:
+      "select(pow(abs(a), alpha), select(-1.0, 1.0, fract(alpha * 0.5) == 0.0) * pow(abs(a), alpha), a < 0.0 && fract(alpha) == 0.0)",
+    backward: (g, x, s) => mul(g, mulScalar(powScalar(x, s - 1), s)),
+    reference: (x, s) => x ** s,
+  },
+  minScalar: {
+    expr: "min(a, alpha)",
+    backward: (g, x, s) => mul(g, elementwise("lt", [x], "select(0.0, 1.0, a < alpha)", s)),
+    reference: (x, s) => Math.min(x, s),
+  },
+  maxScalar: {
+    expr: "max(a, alpha)",
+    backward: (g, x, s) => mul(g, elementwise("gt", [x], "select(0.0, 1.0, a > alpha)", s)),
+    reference: (x, s) => Math.max(x, s),
+  },
+} satisfies Record<string, ScalarDef>;
+
+export type ScalarOp = keyof typeof scalarOps;
+
+function scalarOp(op: ScalarOp, x: Tensor, alpha: number): Tensor {
+  const def: ScalarDef = scalarOps[op];
+  const y = elementwise(op, [x], def.expr, alpha);
+  return record(y, { op, inputs: [x], backward: (g) => [def.backward(g, x, alpha)] });
+}
+
+export const addScalar = (x: Tensor, s: number): Tensor => scalarOp("addScalar", x, s);
+export const mulScalar = (x: Tensor, s: number): Tensor => scalarOp("mulScalar", x, s);
+export const rsubScalar = (x: Tensor, s: number): Tensor => scalarOp("rsubScalar", x, s);
+export const powScalar = (x: Tensor, s: number): Tensor => scalarOp("powScalar", x, s);
+export const minScalar = (x: Tensor, s: number): Tensor => scalarOp("minScalar", x, s);
+export const maxScalar = (x: Tensor, s: number): Tensor => scalarOp("maxScalar", x, s);
+
+// ---- binary ops with broadcasting: y = f(a, b) ----------------------------------------
+
+interface BinaryDef {
+  expr: string;
+  /** Gradients at the broadcast output shape; reduced to each input's shape afterwards. */
+  backward: (g: Tensor, a: Tensor, b: Tensor) => [Tensor | null, Tensor | null];
+  reference: (a: number, b: number) => number;
+}
+
+export const binaryOps = {
+  add: { expr: "a + b", backward: (g) => [g, g], reference: (a, b) => a + b },
+  sub: { expr: "a - b", backward: (g) => [g, neg(g)], reference: (a, b) => a - b },
+  mul: { expr: "a * b", backward: (g, a, b) => [mul(g, b), mul(g, a)], reference: (a, b) => a * b },
+  // d/da = 1/b, d/db = -a/b^2
+  div: {
+    expr: "a / b",
+    backward: (g, a, b) => [div(g, b), neg(div(mul(g, a), mul(b, b)))],
+    reference: (a, b) => a / b,
+  },
+  // gradient to the larger input (to a on ties)
+  maximum: {
+    expr: "max(a, b)",
+    backward: (g, a, b) => {
+      const m = elementwise("ge", [a, b], "select(0.0, 1.0, a >= b)");
+      return [mul(g, m), mul(g, rsubScalar(m, 1))];
+    },
+    reference: Math.max,
+  },
+} satisfies Record<string, BinaryDef>;
+
+export type BinaryOp = keyof typeof binaryOps;
+
+function binary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
+  const def: BinaryDef = binaryOps[op];
+  const y = elementwise(op, [a, b], def.expr);
+  return record(y, {
+    op,
+    inputs: [a, b],
+    backward: (g) => {
+      const [ga, gb] = def.backward(g, a, b);
+      return [ga && sumTo(ga, a.shape), gb && sumTo(gb, b.shape)];
+    },
+  });
+}
+
+export const add = (a: Tensor, b: Tensor): Tensor => binary("add", a, b);
+export const sub = (a: Tensor, b: Tensor): Tensor => binary("sub", a, b);
+export const mul = (a: Tensor, b: Tensor): Tensor => binary("mul", a, b);
+export const div = (a: Tensor, b: Tensor): Tensor => binary("div", a, b);
+export const maximum = (a: Tensor, b: Tensor): Tensor => binary("maximum", a, b);
+
+/** 1 where a == b else 0 (no gradient). */
+export function equal(a: Tensor, b: Tensor): Tensor {
+  return elementwise("equal", [a, b], "select(0.0, 1.0, a == b)");
+}
+
+/** cond ? a : b elementwise (cond nonzero is true), with broadcasting. */
+export function where(cond: Tensor, a: Tensor, b: Tensor): Tensor {
+  const y = elementwise("where", [cond, a, b], "select(c, b, a != 0.0)");
+  return record(y, {
+    op: "where",
+    inputs: [cond, a, b],
+    backward: (g) => {
+      const zero = Tensor.zeros([1]);
+      const ga = elementwise("where_ga", [cond, g, zero], "select(c, b, a != 0.0)");
+      const gb = elementwise("where_gb", [cond, zero, g], "select(c, b, a != 0.0)");
+      zero.dispose();
+      return [null, sumTo(ga, a.shape), sumTo(gb, b.shape)];
+    },
+  });
+}
+
+/** CPU references, keyed like the ops, for the tests. */
+export const elementwiseReference = {
+  unary: (op: UnaryOp, x: NDArray): NDArray => mapN([x], unaryOps[op].reference),
+  scalar: (op: ScalarOp, x: NDArray, s: number): NDArray =>
+    mapN([x], (v) => scalarOps[op].reference(v, s)),
+  binary: (op: BinaryOp, a: NDArray, b: NDArray): NDArray => mapN([a, b], binaryOps[op].reference),
+  where: (c: NDArray, a: NDArray, b: NDArray): NDArray =>
+    mapN([c, a, b], (cv, av, bv) => (cv !== 0 ? av : bv)),
+};

@@ -1,0 +1,37 @@
+/** Embedding lookup: weight (V, C), ids (...) i32 -> (..., C). @module */
+import { embeddingBackwardKernel, embeddingKernel } from "../../kernels/embedding.ts";
+import { record, Tensor } from "../tensor.ts";
+import { launch1d, memo } from "./_launch.ts";
+import type { NDArray } from "./_reference.ts";
+import { fill } from "./fill.ts";
+
+const kernel = memo(embeddingKernel);
+
+/** Rows of `weight` picked by `ids` (ids outside [0, V) are clamped). */
+export function embedding(weight: Tensor, ids: Tensor): Tensor {
+  if (weight.shape.length !== 2) {
+    throw new Error(`embedding: weight must be (V, C), got [${weight.shape}]`);
+  }
+  if (ids.dtype !== "i32") throw new Error(`embedding: ids must be i32, got ${ids.dtype}`);
+  if (weight.dtype === "i32") throw new Error("embedding: weight must be a float tensor");
+  const [V, C] = weight.shape;
+  const out = Tensor.empty([...ids.shape, C]);
+  launch1d(kernel(weight.dtype), [weight, ids, out], [ids.size, C, V], out.size, "embedding");
+  return record(out, {
+    op: "embedding",
+    inputs: [weight],
+    // scatter-add of g into the rows that were read
+    backward: (g) => {
+      const dw = fill([V, C], 0);
+      launch1d(embeddingBackwardKernel, [g, ids, dw], [ids.size, C], C, "embedding_bwd");
+      return [dw];
+    },
+  });
+}
+
+export function embeddingReference(weight: NDArray, ids: number[]): NDArray {
+  const C = weight.shape[1];
+  const out = new Float64Array(ids.length * C);
+  ids.forEach((id, t) => out.set(weight.data.subarray(id * C, (id + 1) * C), t * C));
+  return { shape: [ids.length, C], data: out };
+}

@@ -1,0 +1,144 @@
+/**
+ * Batched matmul with either operand transposed (by strides, no copies).
+ * a: (..., M, K) or (..., K, M) if transA; b: (..., K, N) or (..., N, K) if transB,
+ * or 2-D and shared by every batch. out: (..., M, N).
+ * @module
+ */
+import { matmulKernel, MM } from "../../kernels/matmul.ts";
+import { device } from "../device.ts";
+import { numel, record, Tensor } from "../tensor.ts";
+import { memo } from "./_launch.ts";
+import type { NDArray } from "./_reference.ts";
+import { sum } from "./reduce.ts";
+
+const kernel = memo(matmulKernel);
+
+export interface MatmulOptions {
+  transA?: boolean;
+  transB?: boolean;
+}
+
+/** out = op(a) · op(b); no tape. */
+function matmulRaw(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
+  if (a.dtype !== "f32" || b.dtype !== "f32") {
+    throw new Error(`matmul: expects f32 operands, got ${a.dtype} and ${b.dtype}`);
+  }
+  if (a.shape.length < 2 || b.shape.length < 2) {
+    throw new Error(`matmul: operands need rank >= 2, got [${a.shape}] and [${b.shape}]`);
+  }
+  const [ar, ac] = a.shape.slice(-2);
+  const [br, bc] = b.shape.slice(-2);
+  const [M, K] = transA ? [ac, ar] : [ar, ac];
+  const [Kb, N] = transB ? [bc, br] : [br, bc];
+  if (K !== Kb) {
+    throw new Error(
+      `matmul: inner sizes differ: [${a.shape}]${transA ? "ᵀ" : ""} · [${b.shape}]${
+        transB ? "ᵀ" : ""
+      }`,
+    );
+  }
+  // Either operand may be 2-D (shared by every batch); otherwise batches must agree.
+  const aBatch = numel(a.shape.slice(0, -2));
+  const bBatch = numel(b.shape.slice(0, -2));
+  const batchShape = (a.shape.length >= b.shape.length ? a.shape : b.shape).slice(0, -2);
+  const batch = numel(batchShape);
+  if ((aBatch !== 1 && aBatch !== batch) || (bBatch !== 1 && bBatch !== batch)) {
+    throw new Error(`matmul: batch of [${b.shape}] does not match [${a.shape}]`);
+  }
+  const out = Tensor.empty([...batchShape, M, N]);
+  if (out.size === 0) return out;
+  const sa = transA ? [1, M] : [K, 1]; // (m, k) strides
+  const sb = transB ? [1, K] : [N, 1]; // (k, n) strides
+  const vecB = !transB && N % 4 === 0;
+  const { tm, tn, wx, wy } = MM.tile;
+  device().dispatch({
+    wgsl: kernel(vecB),
+    buffers: [a.buffer, b.buffer, out.buffer],
+    params: [
+      M,
+      N,
+      K,
+      batch,
+      aBatch === 1 ? 0 : M * K,
+      sa[0],
+      sa[1],
+      bBatch === 1 ? 0 : K * N,
+      sb[0],
+      sb[1],
+    ],
+    workgroups: [Math.ceil(N / (tn * wx)), Math.ceil(M / (tm * wy)), batch],
+    label: "matmul",
+  });
+  return out;
+}
+
+/** Matrix product of the last two axes, batched over the leading ones. */
+export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tensor {
+  const { transA = false, transB = false } = options;
+  const out = matmulRaw(a, b, transA, transB);
+  const shared = b.shape.length === 2 && a.shape.length > 2;
+  return record(out, {
+    op: "matmul",
+    inputs: [a, b],
+    backward: (g) => {
+      // C = op(A)·op(B): dop(A) = dC·op(B)ᵀ, dop(B) = op(A)ᵀ·dC
+      const ga = transA
+        ? matmulRaw(b, g, transB, true) // dA = op(B)·dCᵀ
+        : matmulRaw(g, b, false, !transB);
+      let gb: Tensor;
+      if (shared && !transA) {
+        // b is shared by every batch: fold the batch into the rows of A and dC.
+        const a2 = a.view([numel(a.shape.slice(0, -1)), a.shape.at(-1)!]);
+        const g2 = g.view([numel(g.shape.slice(0, -1)), g.shape.at(-1)!]);
+        gb = transB ? matmulRaw(g2, a2, true, false) : matmulRaw(a2, g2, true, false);
+        a2.dispose();
+        g2.dispose();
+      } else {
+        gb = transB
+          ? matmulRaw(g, a, true, transA) // dB = dCᵀ·op(A)
+          : matmulRaw(a, g, !transA, false);
+        if (shared) {
+          const per = gb; // (batch, ...) partial gradients of the shared b
+          gb = sumBatch(per);
+          per.dispose();
+        }
+      }
+      return [ga, gb];
+    },
+  });
+}
+
+function sumBatch(x: Tensor): Tensor {
+  const v = x.view([numel(x.shape.slice(0, -2)), ...x.shape.slice(-2)]);
+  const s = sum(v, { axis: 0 });
+  v.dispose();
+  return s;
+}
+
+export const matmulReference = (a: NDArray, b: NDArray, options: MatmulOptions = {}): NDArray => {
+  const { transA = false, transB = false } = options;
+  const [ar, ac] = a.shape.slice(-2);
+  const [br, bc] = b.shape.slice(-2);
+  const [M, K] = transA ? [ac, ar] : [ar, ac];
+  const N = transB ? br : bc;
+  const batchShape = a.shape.slice(0, -2);
+  const batch = numel(batchShape);
+  const bShared = b.shape.length === 2;
+  const out = new Float64Array(batch * M * N);
+  for (let z = 0; z < batch; z++) {
+    const ao = z * M * K;
+    const bo = bShared ? 0 : z * K * N;
+    for (let m = 0; m < M; m++) {
+      for (let n = 0; n < N; n++) {
+        let s = 0;
+        for (let k = 0; k < K; k++) {
+          const av = a.data[ao + (transA ? k * M + m : m * K + k)];
+          const bv = b.data[bo + (transB ? n * K + k : k * N + n)];
+          s += av * bv;
+        }
+        out[z * M * N + m * N + n] = s;
+      }
+    }
+  }
+  return { shape: [...batchShape, M, N], data: out };
+};

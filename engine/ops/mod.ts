@@ -1,0 +1,8 @@
+/** Every op, re-exported. One file per op family; each holds forward, backward and CPU reference. @module */
+export * from "./elementwise.ts";
+export * from "./reduce.ts";
+export * from "./matmul.ts";
+export * from "./softmax.ts";
+export * from "./shape.ts";
+export * from "./embedding.ts";
+export { fill } from "./fill.ts";

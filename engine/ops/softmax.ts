@@ -1,0 +1,133 @@
+/**
+ * Row ops over the last axis of logits: softmax, logSoftmax, the fused token
+ * entropy and the fused log-prob of given token ids. One workgroup per row,
+ * numerically stable at any width (kernels/rows.ts).
+ * @module
+ */
+import {
+  entropyBackwardKernel,
+  entropyForwardKernel,
+  softmaxKernel,
+  tokenLogProbBackwardKernel,
+  tokenLogProbForwardKernel,
+} from "../../kernels/rows.ts";
+import { record, Tensor } from "../tensor.ts";
+import { launchRows, memo } from "./_launch.ts";
+import { logSumExp, mapRows, type NDArray } from "./_reference.ts";
+import { mul, sub } from "./elementwise.ts";
+import { sum } from "./reduce.ts";
+import { exp } from "./elementwise.ts";
+
+const softmaxSource = memo(softmaxKernel);
+
+function rowsOf(x: Tensor, op: string): [number, number] {
+  if (x.dtype !== "f32") throw new Error(`${op}: expects f32 logits, got ${x.dtype}`);
+  if (x.shape.length === 0) throw new Error(`${op}: needs at least one axis`);
+  const v = x.shape.at(-1)!;
+  return [v === 0 ? 0 : x.size / v, v];
+}
+
+/** softmax over the last axis. */
+export function softmax(x: Tensor): Tensor {
+  const [rows, v] = rowsOf(x, "softmax");
+  const y = Tensor.empty(x.shape);
+  launchRows(softmaxSource(false), [x, y], [rows, v], rows, "softmax");
+  return record(y, {
+    op: "softmax",
+    inputs: [x],
+    // dx = y * (g - sum(g * y))
+    backward: (g) => [mul(y, sub(g, sum(mul(g, y), { axis: -1, keepdim: true })))],
+  });
+}
+
+/** log(softmax(x)) over the last axis. */
+export function logSoftmax(x: Tensor): Tensor {
+  const [rows, v] = rowsOf(x, "logSoftmax");
+  const y = Tensor.empty(x.shape);
+  launchRows(softmaxSource(true), [x, y], [rows, v], rows, "log_softmax");
+  return record(y, {
+    op: "logSoftmax",
+    inputs: [x],
+    // dx = g - softmax(x) * sum(g)
+    backward: (g) => [sub(g, mul(exp(y), sum(g, { axis: -1, keepdim: true })))],
+  });
+}
+
+/**
+ * Token entropy H = logsumexp(z) - sum softmax(z)·z of each row of logits:
+ * (..., V) -> (...), in one pass, never log(0).
+ */
+export function entropy(logits: Tensor): Tensor {
+  const [rows, v] = rowsOf(logits, "entropy");
+  const h = Tensor.empty(logits.shape.slice(0, -1));
+  const lse = Tensor.empty([rows]);
+  launchRows(entropyForwardKernel, [logits, h, lse], [rows, v], rows, "entropy");
+  return record(h, {
+    op: "entropy",
+    inputs: [logits],
+    saved: [lse],
+    // dH/dz = -p * (log p + H)
+    backward: (g) => {
+      const dz = Tensor.empty(logits.shape);
+      launchRows(entropyBackwardKernel, [logits, h, lse, g, dz], [rows, v], rows, "entropy_bwd");
+      return [dz];
+    },
+  });
+}
+
+/** log softmax(z)[id] of each row: logits (..., V), ids (...) i32 -> (...). */
+export function tokenLogProb(logits: Tensor, ids: Tensor): Tensor {
+  const [rows, v] = rowsOf(logits, "tokenLogProb");
+  if (ids.dtype !== "i32" || ids.size !== rows) {
+    throw new Error(
+      `tokenLogProb: ids must be i32 with ${rows} values for logits [${logits.shape}], got [${ids.shape}] ${ids.dtype}`,
+    );
+  }
+  const out = Tensor.empty(logits.shape.slice(0, -1));
+  const lse = Tensor.empty([rows]);
+  launchRows(tokenLogProbForwardKernel, [logits, ids, out, lse], [rows, v], rows, "token_logprob");
+  return record(out, {
+    op: "tokenLogProb",
+    inputs: [logits],
+    saved: [lse],
+    // d/dz = g * (onehot(id) - p)
+    backward: (g) => {
+      const dz = Tensor.empty(logits.shape);
+      launchRows(
+        tokenLogProbBackwardKernel,
+        [logits, ids, lse, g, dz],
+        [rows, v],
+        rows,
+        "token_logprob_bwd",
+      );
+      return [dz];
+    },
+  });
+}
+
+export const softmaxReference = {
+  softmax: (x: NDArray): NDArray =>
+    mapRows(x, (r) => {
+      const l = logSumExp(r);
+      return r.map((z) => Math.exp(z - l));
+    }),
+  logSoftmax: (x: NDArray): NDArray =>
+    mapRows(x, (r) => {
+      const l = logSumExp(r);
+      return r.map((z) => z - l);
+    }),
+  entropy: (x: NDArray): NDArray =>
+    mapRows(x, (r) => {
+      const l = logSumExp(r);
+      let h = 0;
+      for (const z of r) {
+        const p = Math.exp(z - l);
+        if (p > 0) h -= p * (z - l);
+      }
+      return [h];
+    }),
+  tokenLogProb: (x: NDArray, ids: number[]): NDArray => {
+    let row = 0;
+    return mapRows(x, (r) => [r[ids[row++]] - logSumExp(r)]);
+  },
+};

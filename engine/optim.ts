@@ -1,0 +1,112 @@
+/**
+ * AdamW with torch semantics (decoupled weight decay, bias correction) as one
+ * kernel per parameter, and global-norm gradient clipping that stays on the GPU.
+ * @module
+ */
+import { adamwKernel } from "../kernels/optim.ts";
+import { launch1d } from "./ops/_launch.ts";
+import { keep, noGrad } from "./scope.ts";
+import { Tensor } from "./tensor.ts";
+import { elementwise } from "./ops/elementwise.ts";
+import { sumSquares } from "./ops/reduce.ts";
+import { concat } from "./ops/shape.ts";
+import { sum } from "./ops/reduce.ts";
+
+export interface AdamWOptions {
+  lr?: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  weightDecay?: number;
+}
+
+/** torch.optim.AdamW: p -= lr*wd*p; m, v moments; p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). */
+export class AdamW {
+  readonly params: Tensor[];
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  step = 0;
+  readonly m: Tensor[];
+  readonly v: Tensor[];
+
+  constructor(params: Tensor[], options: AdamWOptions = {}) {
+    this.params = params;
+    this.lr = options.lr ?? 1e-3;
+    this.beta1 = options.beta1 ?? 0.9;
+    this.beta2 = options.beta2 ?? 0.999;
+    this.eps = options.eps ?? 1e-8;
+    this.weightDecay = options.weightDecay ?? 0.01;
+    for (const p of params) {
+      if (p.dtype !== "f32") {
+        throw new Error(`AdamW: parameters must be f32, got ${p.dtype} [${p.shape}]`);
+      }
+    }
+    this.m = params.map((p) => keep(Tensor.zeros(p.shape)));
+    this.v = params.map((p) => keep(Tensor.zeros(p.shape)));
+  }
+
+  /** One update of every parameter that has a gradient. */
+  update(): void {
+    this.step++;
+    const bc1 = 1 - this.beta1 ** this.step;
+    const bc2 = 1 - this.beta2 ** this.step;
+    this.params.forEach((p, i) => {
+      if (!p.grad) return;
+      launch1d(
+        adamwKernel,
+        [p, p.grad, this.m[i], this.v[i]],
+        [
+          p.size,
+          { f32: this.lr },
+          { f32: this.beta1 },
+          { f32: this.beta2 },
+          { f32: this.eps },
+          { f32: this.weightDecay },
+          { f32: this.lr / bc1 },
+          { f32: Math.sqrt(bc2) },
+        ],
+        p.size,
+        "adamw",
+      );
+    });
+  }
+
+  /** Clears every gradient. */
+  zeroGrad(): void {
+    for (const p of this.params) {
+      p.grad?.dispose();
+      p.grad = null;
+    }
+  }
+
+  dispose(): void {
+    [...this.m, ...this.v].forEach((t) => t.dispose());
+  }
+}
+
+/**
+ * Scales all gradients so their global L2 norm is at most maxNorm (torch's
+ * clip_grad_norm_: coef = min(1, maxNorm / (norm + 1e-6))). Returns the norm
+ * before clipping as a one-element tensor (read it back only if needed).
+ */
+export function clipGradNorm(params: Tensor[], maxNorm: number): Tensor {
+  return noGrad(() => {
+    const withGrad = params.filter((p) => p.grad);
+    if (withGrad.length === 0) return Tensor.zeros([1]);
+    const parts = withGrad.map((p) => sumSquares(p.grad!).view([1]));
+    const all = concat(parts, 0);
+    const total = sum(all);
+    const norm = elementwise("sqrt", [total], "sqrt(a)");
+    const coef = elementwise("clip_coef", [norm], "min(1.0, alpha / (a + 1e-6))", maxNorm);
+    for (const p of withGrad) {
+      const scaled = keep(elementwise("clip", [p.grad!, coef], "a * b"));
+      p.grad!.dispose();
+      p.grad = scaled;
+    }
+    [...parts, all, total, coef].forEach((t) => t.dispose());
+    return norm.view([1]);
+  });
+}

@@ -1,0 +1,85 @@
+/**
+ * Tensor lifetime and grad mode. `tidy(fn)` disposes every tensor created
+ * inside fn that fn does not return; `keep(t)` exempts one; `noGrad(fn)` runs
+ * without recording the tape.
+ * @module
+ */
+
+/** What a scope can track. */
+export interface Disposable {
+  dispose(): void;
+  scope: Set<Disposable> | null;
+}
+
+const scopes: Set<Disposable>[] = [];
+let gradDepth = 0;
+
+/** Registers a new tensor with the innermost scope (if any). */
+export function track<T extends Disposable>(t: T): T {
+  const s = scopes.at(-1);
+  if (s) {
+    s.add(t);
+    t.scope = s;
+  }
+  return t;
+}
+
+/** Removes `t` from scope tracking: it lives until disposed by hand. */
+export function keep<T extends Disposable>(t: T): T {
+  t.scope?.delete(t);
+  t.scope = null;
+  return t;
+}
+
+function collect(value: unknown, out: Set<Disposable>): void {
+  if (value && typeof value === "object") {
+    if ("scope" in value && "dispose" in value) out.add(value as Disposable);
+    else if (Array.isArray(value)) value.forEach((v) => collect(v, out));
+    else if (Object.getPrototypeOf(value) === Object.prototype) {
+      Object.values(value).forEach((v) => collect(v, out));
+    }
+  }
+}
+
+/**
+ * Runs fn; disposes the tensors it created except those it returns (arrays
+ * and plain objects are searched), which move to the enclosing scope.
+ */
+export function tidy<T>(fn: () => T): T {
+  const scope = new Set<Disposable>();
+  scopes.push(scope);
+  let result: T;
+  try {
+    result = fn();
+  } finally {
+    scopes.pop();
+  }
+  if (result instanceof Promise) {
+    throw new Error("tidy(): fn must be synchronous; await outside, or dispose by hand");
+  }
+  const returned = new Set<Disposable>();
+  collect(result, returned);
+  const parent = scopes.at(-1) ?? null;
+  for (const t of scope) {
+    if (returned.has(t)) {
+      t.scope = parent;
+      parent?.add(t);
+    } else t.dispose();
+  }
+  return result;
+}
+
+/** Runs fn without recording gradients. */
+export function noGrad<T>(fn: () => T): T {
+  gradDepth++;
+  try {
+    return fn();
+  } finally {
+    gradDepth--;
+  }
+}
+
+/** True when ops should record the tape. */
+export function gradEnabled(): boolean {
+  return gradDepth === 0;
+}

@@ -1,0 +1,143 @@
+/**
+ * Row kernels over the last axis of (rows, V) logits, one workgroup per row,
+ * numerically stable at any V (151936 included) with an online logsumexp:
+ * each thread keeps (m, s, t) = (max, sum e^(z-m), sum e^(z-m) z), merged in a tree.
+ * @module
+ */
+import { paramsBlock } from "./common.ts";
+
+export const ROW_WG = 128;
+
+const onlineLse = /* wgsl */ `
+struct Acc { m: f32, s: f32, t: f32 }
+fn acc_add(a: Acc, z: f32) -> Acc {
+  if (z <= -3.0e38) { return a; } // -inf logits (masked) carry no mass
+  let m = max(a.m, z);
+  let e = exp(z - m);
+  let r = exp(a.m - m);
+  return Acc(m, a.s * r + e, a.t * r + e * z);
+}
+fn acc_merge(a: Acc, b: Acc) -> Acc {
+  let m = max(a.m, b.m);
+  let ra = exp(a.m - m); let rb = exp(b.m - m);
+  return Acc(m, a.s * ra + b.s * rb, a.t * ra + b.t * rb);
+}
+var<workgroup> red: array<Acc, ${ROW_WG}>;
+fn row_stats(row: u32, v: u32, lid: u32) -> Acc {
+  var a = Acc(-3.402823e38, 0.0, 0.0);
+  for (var j = lid; j < v; j += ${ROW_WG}u) { a = acc_add(a, z[row * v + j]); }
+  red[lid] = a;
+  workgroupBarrier();
+  for (var s = ${ROW_WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { red[lid] = acc_merge(red[lid], red[lid + s]); }
+    workgroupBarrier();
+  }
+  return red[0];
+}
+`;
+
+const rowHeader = /* wgsl */ `
+@compute @workgroup_size(${ROW_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+  let row = wid.x + wid.y * pu(2u);
+  let lid = lid3.x;
+  let rows = pu(0u); let v = pu(1u);
+  if (row >= rows) { return; }
+`;
+
+/** Params: rows, V, groupsX. out = z - lse (log) or exp(z - lse) (softmax). */
+export function softmaxKernel(log: boolean): string {
+  return /* wgsl */ `
+${paramsBlock(3)}
+@group(0) @binding(1) var<storage, read> z: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+${onlineLse}
+${rowHeader}
+  let a = row_stats(row, v, lid);
+  let lse = a.m + log(a.s);
+  for (var j = lid; j < v; j += ${ROW_WG}u) {
+    let y = z[row * v + j] - lse;
+    out[row * v + j] = ${log ? "y" : "exp(y)"};
+  }
+}
+`;
+}
+
+/** Token entropy H = lse - sum p z per row; also writes lse for the backward. */
+export const entropyForwardKernel = /* wgsl */ `
+${paramsBlock(3)}
+@group(0) @binding(1) var<storage, read> z: array<f32>;
+@group(0) @binding(2) var<storage, read_write> h: array<f32>;
+@group(0) @binding(3) var<storage, read_write> lse_out: array<f32>;
+${onlineLse}
+${rowHeader}
+  let a = row_stats(row, v, lid);
+  if (lid == 0u) {
+    let lse = a.m + log(a.s);
+    h[row] = max(lse - a.t / a.s, 0.0);
+    lse_out[row] = lse;
+  }
+}
+`;
+
+/** dz = gH * (-p * (log p + H)), p = exp(z - lse). */
+export const entropyBackwardKernel = /* wgsl */ `
+${paramsBlock(3)}
+@group(0) @binding(1) var<storage, read> z: array<f32>;
+@group(0) @binding(2) var<storage, read> h: array<f32>;
+@group(0) @binding(3) var<storage, read> lse: array<f32>;
+@group(0) @binding(4) var<storage, read> gh: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dz: array<f32>;
+@compute @workgroup_size(${ROW_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+  let row = wid.x + wid.y * pu(2u);
+  let rows = pu(0u); let v = pu(1u);
+  if (row >= rows) { return; }
+  let H = h[row]; let L = lse[row]; let g = gh[row];
+  for (var j = lid3.x; j < v; j += ${ROW_WG}u) {
+    let logp = z[row * v + j] - L;
+    let p = exp(logp);
+    // p * logp is 0 where p underflows (also for -inf logits).
+    dz[row * v + j] = select(-g * p * (logp + H), 0.0, p == 0.0);
+  }
+}
+`;
+
+/** log p(id) = z[id] - lse per row (ids i32); writes lse for the backward. */
+export const tokenLogProbForwardKernel = /* wgsl */ `
+${paramsBlock(3)}
+@group(0) @binding(1) var<storage, read> z: array<f32>;
+@group(0) @binding(2) var<storage, read> ids: array<i32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> lse_out: array<f32>;
+${onlineLse}
+${rowHeader}
+  let a = row_stats(row, v, lid);
+  if (lid == 0u) {
+    let lse = a.m + log(a.s);
+    out[row] = z[row * v + u32(ids[row])] - lse;
+    lse_out[row] = lse;
+  }
+}
+`;
+
+/** dz = g * (onehot(id) - p). */
+export const tokenLogProbBackwardKernel = /* wgsl */ `
+${paramsBlock(3)}
+@group(0) @binding(1) var<storage, read> z: array<f32>;
+@group(0) @binding(2) var<storage, read> ids: array<i32>;
+@group(0) @binding(3) var<storage, read> lse: array<f32>;
+@group(0) @binding(4) var<storage, read> g: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dz: array<f32>;
+@compute @workgroup_size(${ROW_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+  let row = wid.x + wid.y * pu(2u);
+  let rows = pu(0u); let v = pu(1u);
+  if (row >= rows) { return; }
+  let id = u32(ids[row]); let L = lse[row]; let gr = g[row];
+  for (var j = lid3.x; j < v; j += ${ROW_WG}u) {
+    let p = exp(z[row * v + j] - L);
+    dz[row * v + j] = gr * (select(0.0, 1.0, j == id) - p);
+  }
+}
+`;
