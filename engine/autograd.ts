@@ -41,6 +41,9 @@ export function backward(root: Tensor, grad?: Tensor): void {
       `backward(): root has shape [${root.shape}]; pass a gradient or reduce to a scalar`,
     );
   }
+  if (grad && grad.shape.join() !== root.shape.join()) {
+    throw new Error(`backward(): gradient [${grad.shape}] does not match the root [${root.shape}]`);
+  }
   noGrad(() => {
     const order = topoOrder(root);
     const grads = new Map<Tensor, Tensor>();

@@ -119,8 +119,8 @@ export class Device {
       throw new WebGPUUnavailableError(`requestAdapter failed: ${(e as Error).message}`);
     }
     if (!adapter) throw new WebGPUUnavailableError("requestAdapter returned null");
-    const wanted: GPUFeatureName[] = ["shader-f16", "subgroups", "timestamp-query"]
-      .filter((f) => adapter!.features.has(f)) as GPUFeatureName[];
+    const wanted = (["shader-f16", "subgroups", "timestamp-query"] as GPUFeatureName[])
+      .filter((f) => adapter!.features.has(f));
     const l = adapter.limits;
     const requiredLimits: Record<string, number> = {
       maxBufferSize: l.maxBufferSize,
@@ -201,7 +201,13 @@ export class Device {
   write(buf: GPUBuffer, data: ArrayBufferView): void {
     // Order the write after every dispatch already encoded.
     if (this.#encoder) this.flush();
-    this.gpu.queue.writeBuffer(buf, 0, data.buffer, data.byteOffset, data.byteLength);
+    this.gpu.queue.writeBuffer(
+      buf,
+      0,
+      data.buffer as ArrayBuffer,
+      data.byteOffset,
+      data.byteLength,
+    );
   }
 
   /** The compute pipeline for a WGSL source, compiled once. */

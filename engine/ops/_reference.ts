@@ -63,17 +63,19 @@ export function reduceAxis(
   return { shape, data: out };
 }
 
-/** Row-wise map over the last axis. */
-export function mapRows(x: NDArray, f: (row: Float64Array) => ArrayLike<number>): NDArray {
+/** Row-wise map over the last axis: a row to a row, or to one number (the axis is dropped). */
+export function mapRows(x: NDArray, f: (row: Float64Array) => ArrayLike<number> | number): NDArray {
   const v = x.shape.at(-1)!;
   const rows = x.data.length / v;
-  const outs: ArrayLike<number>[] = [];
+  const outs: (ArrayLike<number> | number)[] = [];
   for (let r = 0; r < rows; r++) outs.push(f(x.data.subarray(r * v, (r + 1) * v)));
-  const w = outs[0]?.length ?? 0;
+  if (typeof outs[0] === "number" || rows === 0) {
+    return { shape: x.shape.slice(0, -1), data: Float64Array.from(outs as number[]) };
+  }
+  const w = (outs[0] as ArrayLike<number>).length;
   const data = new Float64Array(rows * w);
-  outs.forEach((o, r) => data.set(o, r * w));
-  const shape = w === 1 ? x.shape.slice(0, -1) : [...x.shape.slice(0, -1), w];
-  return { shape, data };
+  outs.forEach((o, r) => data.set(o as ArrayLike<number>, r * w));
+  return { shape: [...x.shape.slice(0, -1), w], data };
 }
 
 /** log(sum(exp(row))) computed stably. */

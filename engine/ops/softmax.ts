@@ -124,10 +124,10 @@ export const softmaxReference = {
         const p = Math.exp(z - l);
         if (p > 0) h -= p * (z - l);
       }
-      return [h];
+      return h;
     }),
   tokenLogProb: (x: NDArray, ids: number[]): NDArray => {
     let row = 0;
-    return mapRows(x, (r) => [r[ids[row++]] - logSumExp(r)]);
+    return mapRows(x, (r) => r[ids[row++]] - logSumExp(r));
   },
 };
