@@ -9,18 +9,24 @@ import { paramsBlock } from "./common.ts";
 export const ROW_WG = 128;
 
 const onlineLse = /* wgsl */ `
+// t is kept relative to the running max, t = sum e^(z-m) (z-m), so that
+// H = log s - t / s loses nothing to cancellation when |z| is huge.
 struct Acc { m: f32, s: f32, t: f32 }
+fn acc_rescale(a: Acc, m: f32) -> Acc {
+  if (a.s == 0.0) { return Acc(m, 0.0, 0.0); }
+  let r = exp(a.m - m);
+  return Acc(m, a.s * r, r * (a.t + a.s * (a.m - m)));
+}
 fn acc_add(a: Acc, z: f32) -> Acc {
   if (z <= -3.0e38) { return a; } // -inf logits (masked) carry no mass
-  let m = max(a.m, z);
-  let e = exp(z - m);
-  let r = exp(a.m - m);
-  return Acc(m, a.s * r + e, a.t * r + e * z);
+  let b = acc_rescale(a, max(a.m, z));
+  let d = z - b.m;
+  return Acc(b.m, b.s + exp(d), b.t + exp(d) * d);
 }
 fn acc_merge(a: Acc, b: Acc) -> Acc {
   let m = max(a.m, b.m);
-  let ra = exp(a.m - m); let rb = exp(b.m - m);
-  return Acc(m, a.s * ra + b.s * rb, a.t * ra + b.t * rb);
+  let x = acc_rescale(a, m); let y = acc_rescale(b, m);
+  return Acc(m, x.s + y.s, x.t + y.t);
 }
 var<workgroup> red: array<Acc, ${ROW_WG}>;
 fn row_stats(row: u32, v: u32, lid: u32) -> Acc {
@@ -74,7 +80,7 @@ ${rowHeader}
   let a = row_stats(row, v, lid);
   if (lid == 0u) {
     let lse = a.m + log(a.s);
-    h[row] = max(lse - a.t / a.s, 0.0);
+    h[row] = max(log(a.s) - a.t / a.s, 0.0);
     lse_out[row] = lse;
   }
 }

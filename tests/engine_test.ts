@@ -1,0 +1,198 @@
+import * as ops from "../engine/ops/mod.ts";
+import { softmaxReference } from "../engine/ops/softmax.ts";
+import { keep, noGrad, tidy } from "../engine/scope.ts";
+import { Tensor } from "../engine/tensor.ts";
+import { AdamW, clipGradNorm } from "../engine/optim.ts";
+import { sizeClass } from "../engine/device.ts";
+import { assert, assertEquals, assertThrows } from "@std/assert";
+import { assertClose, dev, gpuTest, randArray, toTensor } from "./_helpers.ts";
+import { logSumExp } from "../engine/ops/_reference.ts";
+
+Deno.test({
+  name: "entropy() over a 151936-wide row matches the reference, and its backward -p(log p + H)",
+  ...gpuTest,
+  fn: async () => {
+    const V = 151936;
+    const x = randArray([2, V], 5);
+    x.data.forEach((v, i) => x.data[i] = Math.fround(4 * v)); // peaked rows
+    x.data[17] = 30; // one dominant logit in row 0
+    const z = toTensor(x, true);
+    const h = ops.entropy(z);
+    const expected = softmaxReference.entropy(x);
+    assertClose(await h.toArray(), expected.data, { atol: 2e-4, rtol: 1e-4 }, "H");
+    h.backward(Tensor.from([1, -0.5], [2]));
+    const dz = await z.grad!.toArray();
+    // analytic gradient in float64 at every position
+    const want = new Float64Array(2 * V);
+    [1, -0.5].forEach((g, r) => {
+      const row = x.data.subarray(r * V, (r + 1) * V);
+      const lse = logSumExp(row);
+      row.forEach((zj, j) => {
+        const lp = zj - lse;
+        want[r * V + j] = -g * Math.exp(lp) * (lp + expected.data[r]);
+      });
+    });
+    assertClose(dz, want, { atol: 1e-6, rtol: 1e-3 }, "dH/dz");
+    [z, h].forEach((t) => {
+      t.grad?.dispose();
+      t.dispose();
+    });
+  },
+});
+
+Deno.test({
+  name: "entropy() is finite for -inf and huge logits",
+  ...gpuTest,
+  fn: async () => {
+    const z = Tensor.from([-Infinity, 0, 0, -Infinity, 1e30, 1e30, 0, -1e30], [2, 4]);
+    const h = await ops.entropy(z).toArray();
+    assertClose(h, [Math.log(2), Math.log(2)], { atol: 1e-6 });
+  },
+});
+
+Deno.test({
+  name: "gradients accumulate across backward() calls and noGrad() records nothing",
+  ...gpuTest,
+  fn: async () => {
+    const w = Tensor.from([1, 2, 3], [3], { requiresGrad: true });
+    for (let i = 0; i < 2; i++) tidy(() => ops.sum(ops.square(w)).backward());
+    assertClose(await w.grad!.toArray(), [4, 8, 12], { atol: 0 });
+    const y = noGrad(() => ops.mul(w, w));
+    assert(!y.requiresGrad && y.node === null);
+    assertThrows(() => y.backward(), Error, "does not require grad");
+  },
+});
+
+Deno.test({
+  name: "tidy() disposes what it does not return; keep() survives",
+  ...gpuTest,
+  fn: () => {
+    let inner: Tensor | null = null;
+    let kept: Tensor | null = null;
+    const out = tidy(() => {
+      inner = Tensor.ones([4]);
+      kept = keep(Tensor.ones([4]));
+      return ops.addScalar(inner, 1);
+    });
+    assert(inner!.disposed, "temporary disposed");
+    assert(!kept!.disposed, "kept survives");
+    assert(!out.disposed, "returned survives");
+    assertThrows(() => inner!.buffer, Error, "after dispose");
+    out.dispose();
+    kept!.dispose();
+  },
+});
+
+Deno.test({
+  name: "100 forward+backward+AdamW steps leave the pool's live bytes unchanged",
+  ...gpuTest,
+  fn: async () => {
+    const w1 = Tensor.randn([8, 16], { seed: 1, std: 0.3, requiresGrad: true });
+    const w2 = Tensor.randn([16, 5], { seed: 2, std: 0.3, requiresGrad: true });
+    const x = Tensor.randn([6, 8], { seed: 3 });
+    const ids = Tensor.from([0, 1, 2, 3, 4, 0], [6], { dtype: "i32" });
+    const opt = new AdamW([w1, w2], { lr: 1e-2 });
+    const step = () =>
+      tidy(() => {
+        opt.zeroGrad();
+        const h = ops.silu(ops.matmul(x, w1));
+        const logits = ops.matmul(h, w2);
+        const loss = ops.add(
+          ops.mean(ops.neg(ops.tokenLogProb(logits, ids))),
+          ops.mean(ops.entropy(logits)),
+        );
+        loss.backward();
+        clipGradNorm([w1, w2], 1.0);
+        opt.update();
+        return loss;
+      });
+    const first = step();
+    const firstLoss = await first.item();
+    first.dispose();
+    const live = dev.liveBytes;
+    let last = 0;
+    let pooledMid = 0;
+    for (let i = 0; i < 100; i++) {
+      const l = step();
+      if (i === 49) pooledMid = dev.pooledBytes;
+      if (i === 99) last = await l.item();
+      l.dispose();
+    }
+    await dev.sync();
+    assertEquals(dev.liveBytes, live, "live bytes after 100 steps");
+    assertEquals(dev.pooledBytes, pooledMid, "the pool stopped growing: buffers are reused");
+    assert(last < firstLoss, `loss fell: ${firstLoss} -> ${last}`);
+    opt.zeroGrad();
+    opt.dispose();
+    [w1, w2, x, ids].forEach((t) => t.dispose());
+  },
+});
+
+Deno.test({
+  name: "bf16 and f16 tensors round to nearest even and cast to f32 on the GPU",
+  ...gpuTest,
+  fn: async () => {
+    const vals = [1, -2.5, 0.1, 3.14159, 65504, 1e-3];
+    for (const dtype of ["bf16", "f16"] as const) {
+      const t = Tensor.from(vals, [6], { dtype });
+      const c = ops.cast(t, "f32");
+      const cpu = await t.toArray();
+      assertEquals([...(await c.toArray())], [...cpu], `${dtype} cast matches CPU decoding`);
+      assertClose(cpu, vals, { atol: 0, rtol: dtype === "bf16" ? 4e-3 : 5e-4 }, dtype);
+      t.dispose();
+      c.dispose();
+    }
+    const e = ops.embedding(
+      Tensor.from([1, 2, 3, 4, 5, 6], [3, 2], { dtype: "bf16" }),
+      Tensor.from([2, 0], [2], { dtype: "i32" }),
+    );
+    assertEquals([...(await e.toArray())], [5, 6, 1, 2]);
+  },
+});
+
+Deno.test({
+  name: "ops reject bad shapes and dtypes with messages naming the op",
+  ...gpuTest,
+  fn: () => {
+    const a = Tensor.zeros([2, 3]);
+    const b = Tensor.zeros([4, 5]);
+    assertThrows(() => ops.add(a, b), Error, "add: shapes [2,3] and [4,5]");
+    assertThrows(() => ops.matmul(a, b), Error, "matmul: inner sizes");
+    assertThrows(() => ops.slice(a, 1, 2, 9), Error, "slice");
+    assertThrows(() => ops.reshape(a, [4, 2]), Error, "reshape");
+    assertThrows(() => Tensor.from([1, 2], [3]), Error, "Tensor.from");
+    assertThrows(
+      () => ops.tokenLogProb(a, Tensor.from([0], [1], { dtype: "i32" })),
+      Error,
+      "tokenLogProb",
+    );
+  },
+});
+
+Deno.test("sizeClass() rounds to 256 B, then quarter steps of a power of two", () => {
+  assertEquals([1, 256, 257, 1024, 1025, 1300, 1600, 1800, 2000].map(sizeClass), [
+    256,
+    256,
+    512,
+    1024,
+    1280,
+    1536,
+    1792,
+    2048,
+    2048,
+  ]);
+});
+
+Deno.test({
+  name: "ops across many dispatches and a readback agree with one another (batched submits)",
+  ...gpuTest,
+  fn: async () => {
+    let x = Tensor.from([1], [1]);
+    for (let i = 0; i < 200; i++) {
+      const y = ops.addScalar(x, 1);
+      x.dispose();
+      x = y;
+    }
+    assertEquals(await x.item(), 201);
+  },
+});
