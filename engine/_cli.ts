@@ -12,10 +12,13 @@ export interface FlagSpec {
 }
 
 /** Parses `--flag value`, `--flag=value` and boolean `--flag`; unknown flags throw naming the flag. */
-export function parseArgs(
-  args: string[],
-  spec: FlagSpec,
-): Record<string, string | boolean | undefined> & { _: string[] } {
+export interface ParsedArgs {
+  [flag: string]: string | boolean | string[] | undefined;
+  /** Positional arguments. */
+  _: string[];
+}
+
+export function parseArgs(args: string[], spec: FlagSpec): ParsedArgs {
   const options: Record<string, { type: "string" | "boolean"; default?: string | boolean }> = {};
   for (const s of spec.string ?? []) options[s] = { type: "string" };
   for (const b of spec.boolean ?? []) options[b] = { type: "boolean" };

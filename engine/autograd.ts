@@ -7,7 +7,7 @@
  * @module
  */
 import { keep, noGrad, tidy } from "./scope.ts";
-import { setBackward, Tensor } from "./tensor.ts";
+import type { Tensor } from "./tensor.ts";
 import { add } from "./ops/elementwise.ts";
 import { fill } from "./ops/fill.ts";
 
@@ -99,5 +99,3 @@ export function backward(root: Tensor, grad?: Tensor): void {
     }
   });
 }
-
-setBackward(backward);

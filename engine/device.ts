@@ -152,7 +152,10 @@ export class Device {
 
   #acquire(bytes: number, usage: number): GPUBuffer {
     this.#check();
-    const size = sizeClass(bytes);
+    let size = sizeClass(bytes);
+    // Rounding up must not push a bindable tensor past the binding limit.
+    const maxBind = this.info.maxStorageBufferBindingSize;
+    if (bytes <= maxBind && size > maxBind) size = Math.ceil(bytes / 256) * 256;
     const key = `${usage}:${size}`;
     const reuse = this.#free.get(key)?.pop();
     if (reuse) return reuse;
@@ -240,6 +243,15 @@ export class Device {
     });
     const uniform = this.#acquire(words.byteLength, UNIFORM_USAGE);
     this.gpu.queue.writeBuffer(uniform, 0, words);
+    const maxBind = this.info.maxStorageBufferBindingSize;
+    for (const b of d.buffers) {
+      if (b.size > maxBind) {
+        throw new DeviceError(
+          `${d.label ?? "kernel"}: a ${b.size}-byte tensor exceeds this adapter's ` +
+            `maxStorageBufferBindingSize (${maxBind} bytes); split it (by rows or vocabulary chunks)`,
+        );
+      }
+    }
     const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: uniform } }];
     d.buffers.forEach((buffer, i) => entries.push({ binding: i + 1, resource: { buffer } }));
     const bindGroup = this.gpu.createBindGroup({

@@ -4,6 +4,8 @@
  * @module
  */
 import { device } from "./device.ts";
+// autograd.ts imports ops that import this file; used only at call time, so the cycle is safe.
+import { backward } from "./autograd.ts";
 import { Rng } from "./random.ts";
 import { type Disposable, gradEnabled, track } from "./scope.ts";
 
@@ -215,7 +217,7 @@ export class Tensor implements Disposable {
 
   /** Backpropagates from this tensor (a scalar unless `grad` is given). */
   backward(grad?: Tensor): void {
-    backwardImpl(this, grad);
+    backward(this, grad);
   }
 
   toString(): string {
@@ -230,14 +232,6 @@ export function record(out: Tensor, node: GradNode): Tensor {
     out.node = node;
   } else node.saved?.forEach((t) => t.dispose());
   return out;
-}
-
-/** The backward pass; set by autograd.ts (kept apart to avoid an import cycle). */
-let backwardImpl: (root: Tensor, grad?: Tensor) => void = () => {
-  throw new Error("autograd not loaded");
-};
-export function setBackward(fn: (root: Tensor, grad?: Tensor) => void): void {
-  backwardImpl = fn;
 }
 
 const f32Buf = new Float32Array(1);

@@ -1,6 +1,6 @@
 /** Shared test helpers: the device, random inputs, closeness checks, finite differences. */
 import { initDevice } from "../engine/device.ts";
-import { type NDArray } from "../engine/ops/_reference.ts";
+import type { NDArray } from "../engine/ops/_reference.ts";
 import { Rng } from "../engine/random.ts";
 import { numel, Tensor } from "../engine/tensor.ts";
 import { AssertionError } from "@std/assert";

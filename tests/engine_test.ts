@@ -196,3 +196,23 @@ Deno.test({
     assertEquals(await x.item(), 201);
   },
 });
+
+Deno.test({
+  name:
+    "a tensor past maxStorageBufferBindingSize is a clear error, and pool rounding never causes one",
+  ...gpuTest,
+  fn: async () => {
+    const limit = dev.info.maxStorageBufferBindingSize;
+    // just under the limit: the size class must not round it past the limit
+    const ok = Tensor.empty([Math.floor((limit - 4096) / 4)]);
+    ops.fill([1], 0).dispose();
+    const filled = ops.addScalar(ops.fill([8], 1), 1);
+    assertEquals([...(await filled.toArray())], [2, 2, 2, 2, 2, 2, 2, 2]);
+    const big = Tensor.empty([limit / 4 + 64]);
+    assertThrows(() => ops.addScalar(big, 1), Error, "maxStorageBufferBindingSize");
+    const r = ops.addScalar(ok.view([ok.size]), 0);
+    r.dispose();
+    [ok, big, filled].forEach((t) => t.dispose());
+    await dev.sync();
+  },
+});

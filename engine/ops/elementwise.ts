@@ -39,7 +39,7 @@ export function elementwise(name: string, inputs: Tensor[], expr: string, alpha 
 
 // ---- unary ops: y = f(x) -------------------------------------------------------------
 
-interface UnaryDef {
+export interface UnaryDef {
   expr: string;
   /** dL/dx from dL/dy = g, the input x and the output y. */
   backward: (g: Tensor, x: Tensor, y: Tensor) => Tensor;
@@ -48,7 +48,20 @@ interface UnaryDef {
 
 const sig = (x: number) => 1 / (1 + Math.exp(-x));
 
-export const unaryOps = {
+/** Every unary op; the table type below makes the compiler reject one without a rule. */
+export type UnaryOp =
+  | "neg"
+  | "exp"
+  | "log"
+  | "sqrt"
+  | "rsqrt"
+  | "sigmoid"
+  | "silu"
+  | "tanh"
+  | "square"
+  | "abs";
+
+export const unaryOps: { [K in UnaryOp]: UnaryDef } = {
   neg: { expr: "-a", backward: (g) => neg(g), reference: (x) => -x },
   // dy/dx = y
   exp: { expr: "exp(a)", backward: (g, _x, y) => mul(g, y), reference: Math.exp },
@@ -97,9 +110,7 @@ export const unaryOps = {
     backward: (g, x) => mul(g, elementwise("sign", [x], "sign(a)")),
     reference: Math.abs,
   },
-} satisfies Record<string, UnaryDef>;
-
-export type UnaryOp = keyof typeof unaryOps;
+};
 
 function unary(op: UnaryOp, x: Tensor): Tensor {
   const def: UnaryDef = unaryOps[op];
@@ -120,13 +131,21 @@ export const abs = (x: Tensor): Tensor => unary("abs", x);
 
 // ---- scalar ops: y = f(x, alpha) -----------------------------------------------------
 
-interface ScalarDef {
+export interface ScalarDef {
   expr: string;
   backward: (g: Tensor, x: Tensor, alpha: number) => Tensor;
   reference: (x: number, alpha: number) => number;
 }
 
-export const scalarOps = {
+export type ScalarOp =
+  | "addScalar"
+  | "mulScalar"
+  | "rsubScalar"
+  | "powScalar"
+  | "minScalar"
+  | "maxScalar";
+
+export const scalarOps: { [K in ScalarOp]: ScalarDef } = {
   addScalar: { expr: "a + alpha", backward: (g) => g, reference: (x, s) => x + s },
   mulScalar: {
     expr: "a * alpha",
@@ -152,9 +171,7 @@ export const scalarOps = {
     backward: (g, x, s) => mul(g, elementwise("gt", [x], "select(0.0, 1.0, a > alpha)", s)),
     reference: (x, s) => Math.max(x, s),
   },
-} satisfies Record<string, ScalarDef>;
-
-export type ScalarOp = keyof typeof scalarOps;
+};
 
 function scalarOp(op: ScalarOp, x: Tensor, alpha: number): Tensor {
   const def: ScalarDef = scalarOps[op];
@@ -171,14 +188,16 @@ export const maxScalar = (x: Tensor, s: number): Tensor => scalarOp("maxScalar",
 
 // ---- binary ops with broadcasting: y = f(a, b) ----------------------------------------
 
-interface BinaryDef {
+export interface BinaryDef {
   expr: string;
   /** Gradients at the broadcast output shape; reduced to each input's shape afterwards. */
   backward: (g: Tensor, a: Tensor, b: Tensor) => [Tensor | null, Tensor | null];
   reference: (a: number, b: number) => number;
 }
 
-export const binaryOps = {
+export type BinaryOp = "add" | "sub" | "mul" | "div" | "maximum";
+
+export const binaryOps: { [K in BinaryOp]: BinaryDef } = {
   add: { expr: "a + b", backward: (g) => [g, g], reference: (a, b) => a + b },
   sub: { expr: "a - b", backward: (g) => [g, neg(g)], reference: (a, b) => a - b },
   mul: { expr: "a * b", backward: (g, a, b) => [mul(g, b), mul(g, a)], reference: (a, b) => a * b },
@@ -197,9 +216,7 @@ export const binaryOps = {
     },
     reference: Math.max,
   },
-} satisfies Record<string, BinaryDef>;
-
-export type BinaryOp = keyof typeof binaryOps;
+};
 
 function binary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
   const def: BinaryDef = binaryOps[op];
@@ -242,7 +259,12 @@ export function where(cond: Tensor, a: Tensor, b: Tensor): Tensor {
 }
 
 /** CPU references, keyed like the ops, for the tests. */
-export const elementwiseReference = {
+export const elementwiseReference: {
+  unary(op: UnaryOp, x: NDArray): NDArray;
+  scalar(op: ScalarOp, x: NDArray, s: number): NDArray;
+  binary(op: BinaryOp, a: NDArray, b: NDArray): NDArray;
+  where(c: NDArray, a: NDArray, b: NDArray): NDArray;
+} = {
   unary: (op: UnaryOp, x: NDArray): NDArray => mapN([x], unaryOps[op].reference),
   scalar: (op: ScalarOp, x: NDArray, s: number): NDArray =>
     mapN([x], (v) => scalarOps[op].reference(v, s)),

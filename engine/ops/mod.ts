@@ -1,5 +1,4 @@
 /** Every op, re-exported. One file per op family; each holds forward, backward and CPU reference. @module */
-import "../autograd.ts"; // registers Tensor.backward
 export * from "./elementwise.ts";
 export * from "./reduce.ts";
 export * from "./matmul.ts";

@@ -108,7 +108,8 @@ export function sumTo(g: Tensor, shape: readonly number[]): Tensor {
   return out;
 }
 
-export const reduceReference = {
+type ReduceRef = (x: NDArray, axis: number, keepdim?: boolean) => NDArray;
+export const reduceReference: { sum: ReduceRef; max: ReduceRef; mean: ReduceRef } = {
   sum: (x: NDArray, axis: number, keepdim = false) =>
     reduceAxis(x, axis, (a, v) => a + v, 0, keepdim),
   max: (x: NDArray, axis: number, keepdim = false) =>

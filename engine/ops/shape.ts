@@ -7,7 +7,7 @@ import { castToF32Kernel, COPY, stridedCopyKernel } from "../../kernels/elementw
 import { MAX_RANK } from "../../kernels/common.ts";
 import { numel, record, Tensor } from "../tensor.ts";
 import { launch1d } from "./_launch.ts";
-import { type NDArray } from "./_reference.ts";
+import type { NDArray } from "./_reference.ts";
 import { broadcastStrides, normAxis, stridesOf } from "./_shape.ts";
 import { fill } from "./fill.ts";
 // reduce.ts imports this file too; sumTo is only used at call time.
