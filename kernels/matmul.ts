@@ -20,19 +20,29 @@ export const MM = {
 } as const;
 
 /**
- * `vecB`: B is contiguous along n with N % 4 == 0 (vec4 loads of B rows).
- * Other strides use scalar loads.
+ * `vecB`: B is f32, contiguous along n with N % 4 == 0 (vec4 loads of B rows).
+ * Other layouts use scalar loads; `bType` bf16/f16 reads B packed two per u32
+ * (weights stay in their stored precision).
  */
-export function matmulKernel(vecB: boolean): string {
+export function matmulKernel(vecB: boolean, bType: "f32" | "bf16" | "f16" = "f32"): string {
   const { tm, tn, wx, wy } = MM.tile;
+  const half = bType !== "f32";
   const bBinding = vecB
     ? "@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;"
-    : "@group(0) @binding(2) var<storage, read> b: array<f32>;";
+    : half
+    ? `@group(0) @binding(2) var<storage, read> bw: array<u32>;
+fn ldb(i: u32) -> f32 {
+  let w = bw[i / 2u];
+  let h = select(w & 0xffffu, w >> 16u, (i & 1u) == 1u);
+  return ${bType === "bf16" ? "bitcast<f32>(h << 16u)" : "unpack2x16float(h).x"};
+}`
+    : `@group(0) @binding(2) var<storage, read> b: array<f32>;
+fn ldb(i: u32) -> f32 { return b[i]; }`;
   const loadB = vecB ? `let bv = b4[(bOff + k * sbk + n0) / 4u];` : `let bv = vec4<f32>(
-        select(0.0, b[bOff + k * sbk + (n0 + 0u) * sbn], n0 + 0u < N),
-        select(0.0, b[bOff + k * sbk + (n0 + 1u) * sbn], n0 + 1u < N),
-        select(0.0, b[bOff + k * sbk + (n0 + 2u) * sbn], n0 + 2u < N),
-        select(0.0, b[bOff + k * sbk + (n0 + 3u) * sbn], n0 + 3u < N));`;
+        ldb(bOff + k * sbk + min(n0 + 0u, N - 1u) * sbn),
+        ldb(bOff + k * sbk + min(n0 + 1u, N - 1u) * sbn),
+        ldb(bOff + k * sbk + min(n0 + 2u, N - 1u) * sbn),
+        ldb(bOff + k * sbk + min(n0 + 3u, N - 1u) * sbn));`;
   return /* wgsl */ `
 ${paramsBlock(10)}
 @group(0) @binding(1) var<storage, read> a: array<f32>;

@@ -7,8 +7,12 @@ import { fill } from "./fill.ts";
 
 const kernel = memo(embeddingKernel);
 
-/** Rows of `weight` picked by `ids` (ids outside [0, V) are clamped). */
-export function embedding(weight: Tensor, ids: Tensor): Tensor {
+/**
+ * Rows of `weight` picked by `ids`. With `offset`, weight holds rows
+ * [offset, offset + V) of a larger table and other ids give zeros, so a table
+ * split into chunks is the sum of the chunks' lookups.
+ */
+export function embedding(weight: Tensor, ids: Tensor, offset = 0): Tensor {
   if (weight.shape.length !== 2) {
     throw new Error(`embedding: weight must be (V, C), got [${weight.shape}]`);
   }
@@ -16,14 +20,26 @@ export function embedding(weight: Tensor, ids: Tensor): Tensor {
   if (weight.dtype === "i32") throw new Error("embedding: weight must be a float tensor");
   const [V, C] = weight.shape;
   const out = Tensor.empty([...ids.shape, C]);
-  launch1d(kernel(weight.dtype), [weight, ids, out], [ids.size, C, V], out.size, "embedding");
+  launch1d(
+    kernel(weight.dtype),
+    [weight, ids, out],
+    [ids.size, C, V, { i32: offset }],
+    out.size,
+    "embedding",
+  );
   return record(out, {
     op: "embedding",
     inputs: [weight],
     // scatter-add of g into the rows that were read
     backward: (g) => {
       const dw = fill([V, C], 0);
-      launch1d(embeddingBackwardKernel, [g, ids, dw], [ids.size, C], C, "embedding_bwd");
+      launch1d(
+        embeddingBackwardKernel,
+        [g, ids, dw],
+        [ids.size, C, V, { i32: offset }],
+        C,
+        "embedding_bwd",
+      );
       return [dw];
     },
   });

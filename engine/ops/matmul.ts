@@ -20,8 +20,8 @@ export interface MatmulOptions {
 
 /** out = op(a) · op(b); no tape. */
 function matmulRaw(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
-  if (a.dtype !== "f32" || b.dtype !== "f32") {
-    throw new Error(`matmul: expects f32 operands, got ${a.dtype} and ${b.dtype}`);
+  if (a.dtype !== "f32" || b.dtype === "i32") {
+    throw new Error(`matmul: expects f32 a and float b, got ${a.dtype} and ${b.dtype}`);
   }
   if (a.shape.length < 2 || b.shape.length < 2) {
     throw new Error(`matmul: operands need rank >= 2, got [${a.shape}] and [${b.shape}]`);
@@ -49,10 +49,10 @@ function matmulRaw(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tens
   if (out.size === 0) return out;
   const sa = transA ? [1, M] : [K, 1]; // (m, k) strides
   const sb = transB ? [1, K] : [N, 1]; // (k, n) strides
-  const vecB = !transB && N % 4 === 0;
+  const vecB = b.dtype === "f32" && !transB && N % 4 === 0;
   const { tm, tn, wx, wy } = MM.tile;
   device().dispatch({
-    wgsl: kernel(vecB),
+    wgsl: kernel(vecB, b.dtype as "f32" | "bf16" | "f16"),
     buffers: [a.buffer, b.buffer, out.buffer],
     params: [
       M,
@@ -76,6 +76,9 @@ function matmulRaw(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tens
 export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tensor {
   const { transA = false, transB = false } = options;
   const out = matmulRaw(a, b, transA, transB);
+  if (b.dtype !== "f32" && b.requiresGrad) {
+    throw new Error(`matmul: a ${b.dtype} operand is stored precision only; train in f32`);
+  }
   const shared = b.shape.length === 2 && a.shape.length > 2;
   return record(out, {
     op: "matmul",

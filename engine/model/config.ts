@@ -1,0 +1,175 @@
+/**
+ * Qwen2 / Qwen2.5 / Qwen3 config.json, validated. Features we do not
+ * implement are refused naming the field, never silently ignored.
+ * @module
+ */
+
+export type QwenArchitecture = "Qwen2ForCausalLM" | "Qwen3ForCausalLM";
+
+export interface QwenConfig {
+  architecture: QwenArchitecture;
+  vocabSize: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  ropeTheta: number;
+  rmsNormEps: number;
+  maxPositionEmbeddings: number;
+  tieWordEmbeddings: boolean;
+  /** q/k/v projections have biases (Qwen2; Qwen3 with attention_bias). */
+  attentionBias: boolean;
+  /** Per-head RMSNorm of q and k before RoPE (Qwen3). */
+  qkNorm: boolean;
+  /** The dtype the checkpoint declares (config "dtype" / "torch_dtype"); RoPE's inv_freq follows it. */
+  declaredDtype: "f32" | "bf16" | "f16";
+  eosTokenIds: number[];
+  bosTokenId: number | null;
+  padTokenId: number | null;
+  /** The parsed config.json, kept to write it back on save. */
+  raw: Record<string, unknown>;
+}
+
+/** A config.json problem, naming the file and the field. */
+export class ConfigError extends Error {
+  constructor(path: string, message: string) {
+    super(`${path}: ${message}`);
+    this.name = "ConfigError";
+  }
+}
+
+function ids(v: unknown): number[] {
+  if (v === null || v === undefined) return [];
+  return (Array.isArray(v) ? v : [v]).filter((x) => Number.isInteger(x)) as number[];
+}
+
+/** Parses a config.json object; `path` names it in errors. */
+export function parseQwenConfig(raw: Record<string, unknown>, path = "config.json"): QwenConfig {
+  const arch = (raw.architectures as string[] | undefined)?.[0] ??
+    (raw.model_type === "qwen3"
+      ? "Qwen3ForCausalLM"
+      : raw.model_type === "qwen2"
+      ? "Qwen2ForCausalLM"
+      : undefined);
+  if (arch !== "Qwen2ForCausalLM" && arch !== "Qwen3ForCausalLM") {
+    throw new ConfigError(
+      path,
+      `architectures: ${
+        JSON.stringify(raw.architectures ?? raw.model_type)
+      } is not supported (Qwen2ForCausalLM or Qwen3ForCausalLM)`,
+    );
+  }
+  const int = (field: string, fallback?: number): number => {
+    const v = raw[field] ?? fallback;
+    if (!Number.isInteger(v) || (v as number) <= 0) {
+      throw new ConfigError(
+        path,
+        `${field} must be a positive integer, got ${JSON.stringify(raw[field])}`,
+      );
+    }
+    return v as number;
+  };
+  const num = (field: string, v: unknown): number => {
+    if (typeof v !== "number" || !(v > 0)) {
+      throw new ConfigError(path, `${field} must be a positive number, got ${JSON.stringify(v)}`);
+    }
+    return v;
+  };
+  const hiddenSize = int("hidden_size");
+  const numHeads = int("num_attention_heads");
+  const numKvHeads = int("num_key_value_heads", numHeads);
+  if (numHeads % numKvHeads !== 0) {
+    throw new ConfigError(
+      path,
+      `num_attention_heads (${numHeads}) must be a multiple of num_key_value_heads (${numKvHeads})`,
+    );
+  }
+  const headDim = raw.head_dim == null ? hiddenSize / numHeads : int("head_dim");
+  if (!Number.isInteger(headDim) || headDim % 2 !== 0) {
+    throw new ConfigError(path, `head_dim ${headDim} must be an even integer`);
+  }
+  // rope: top-level rope_theta (older checkpoints) or rope_parameters (transformers 5)
+  const ropeParams = (raw.rope_parameters ?? raw.rope_scaling ?? null) as
+    | Record<string, unknown>
+    | null;
+  const ropeType = ropeParams?.rope_type ?? ropeParams?.type ?? "default";
+  if (ropeType !== "default") {
+    const field = raw.rope_parameters ? "rope_parameters.rope_type" : "rope_scaling.type";
+    throw new ConfigError(path, `${field} "${ropeType}" is not implemented (only default RoPE)`);
+  }
+  const ropeTheta = num(
+    raw.rope_theta !== undefined ? "rope_theta" : "rope_parameters.rope_theta",
+    raw.rope_theta ?? ropeParams?.rope_theta ?? 10000,
+  );
+  const numLayers = int("num_hidden_layers");
+  const maxPositionEmbeddings = int("max_position_embeddings", 32768);
+  // Sliding-window attention only matters when enabled and shorter than the context.
+  if (raw.use_sliding_window === true) {
+    const window = raw.sliding_window as number | null;
+    const maxWindowLayers = (raw.max_window_layers as number | undefined) ?? numLayers;
+    if (window != null && window < maxPositionEmbeddings && maxWindowLayers < numLayers) {
+      throw new ConfigError(
+        path,
+        `use_sliding_window is true with sliding_window ${window} on layers >= max_window_layers ${maxWindowLayers}: sliding-window attention is not implemented`,
+      );
+    }
+  }
+  const layerTypes = raw.layer_types as string[] | undefined;
+  if (layerTypes?.some((t) => t !== "full_attention")) {
+    throw new ConfigError(
+      path,
+      `layer_types contains ${
+        layerTypes.find((t) => t !== "full_attention")
+      }: only full_attention is implemented`,
+    );
+  }
+  if (raw.hidden_act !== undefined && raw.hidden_act !== "silu") {
+    throw new ConfigError(path, `hidden_act "${raw.hidden_act}" is not supported (silu)`);
+  }
+  const isQwen3 = arch === "Qwen3ForCausalLM";
+  const declared = raw.dtype ?? raw.torch_dtype;
+  return {
+    architecture: arch,
+    vocabSize: int("vocab_size"),
+    hiddenSize,
+    intermediateSize: int("intermediate_size"),
+    numLayers,
+    numHeads,
+    numKvHeads,
+    headDim,
+    ropeTheta,
+    rmsNormEps: num("rms_norm_eps", raw.rms_norm_eps ?? 1e-6),
+    maxPositionEmbeddings,
+    tieWordEmbeddings: raw.tie_word_embeddings !== false,
+    attentionBias: isQwen3 ? raw.attention_bias === true : true,
+    qkNorm: isQwen3,
+    declaredDtype: declared === "bfloat16" ? "bf16" : declared === "float16" ? "f16" : "f32",
+    eosTokenIds: ids(raw.eos_token_id),
+    bosTokenId: Number.isInteger(raw.bos_token_id) ? raw.bos_token_id as number : null,
+    padTokenId: Number.isInteger(raw.pad_token_id) ? raw.pad_token_id as number : null,
+    raw,
+  };
+}
+
+/** Reads and parses `dir/config.json`. */
+export async function readQwenConfig(dir: string): Promise<QwenConfig> {
+  const path = `${dir}/config.json`;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    throw new ConfigError(path, `cannot read (${(e as Error).message})`);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(path, `is not valid JSON (${(e as Error).message})`);
+  }
+  if (!raw || typeof raw !== "object" || Array.isArray(raw)) {
+    throw new ConfigError(path, "is not a JSON object");
+  }
+  return parseQwenConfig(raw as Record<string, unknown>, path);
+}
