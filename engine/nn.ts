@@ -115,7 +115,7 @@ export function attentionBias(
  * q (B, H, T, D), k and v (B, Hkv, S, D), bias (B, 1, T, S) -> (B, H, T, D).
  */
 export function attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: number): Tensor {
-  const [B, H, T, D] = q.shape;
+  const [B, H, , D] = q.shape;
   const [, Hkv, S] = k.shape;
   if (H !== Hkv) {
     // each kv head serves H/Hkv query heads

@@ -9,6 +9,8 @@
 export interface Disposable {
   dispose(): void;
   scope: Set<Disposable> | null;
+  /** What must outlive this one (a tensor's tape: inputs and saved tensors). */
+  dependencies?(): Disposable[];
 }
 
 const scopes: Set<Disposable>[] = [];
@@ -41,9 +43,23 @@ function collect(value: unknown, out: Set<Disposable>): void {
   }
 }
 
+/** Adds everything `value` depends on, transitively, to `out`. */
+function closeOver(out: Set<Disposable>): void {
+  const stack = [...out];
+  while (stack.length) {
+    for (const d of stack.pop()!.dependencies?.() ?? []) {
+      if (!out.has(d)) {
+        out.add(d);
+        stack.push(d);
+      }
+    }
+  }
+}
+
 /**
  * Runs fn; disposes the tensors it created except those it returns (arrays
- * and plain objects are searched), which move to the enclosing scope.
+ * and plain objects are searched) and those their tape still needs for
+ * backward, which all move to the enclosing scope.
  */
 export function tidy<T>(fn: () => T): T {
   const scope = new Set<Disposable>();
@@ -59,6 +75,7 @@ export function tidy<T>(fn: () => T): T {
   }
   const returned = new Set<Disposable>();
   collect(result, returned);
+  closeOver(returned);
   const parent = scopes.at(-1) ?? null;
   for (const t of scope) {
     if (returned.has(t)) {

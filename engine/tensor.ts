@@ -23,6 +23,8 @@ export interface GradNode {
   backward(grad: Tensor): (Tensor | null)[];
   /** Tensors only the backward uses, disposed once it ran. */
   saved?: Tensor[];
+  /** Other tensors the backward reads that are not inputs (e.g. token ids); not disposed by it. */
+  keeps?: Tensor[];
 }
 
 class Storage {
@@ -202,6 +204,12 @@ export class Tensor implements Disposable {
   async item(): Promise<number> {
     if (this.size !== 1) throw new Error(`item(): tensor has shape [${this.shape}], not one value`);
     return (await this.toArray())[0];
+  }
+
+  /** Tensors the tape needs alive for this one's backward. */
+  dependencies(): Tensor[] {
+    const n = this.node;
+    return n ? [...n.inputs, ...(n.saved ?? []), ...(n.keeps ?? [])] : [];
   }
 
   /** Releases the storage (when no view shares it) and the tape node. Idempotent. */

@@ -216,3 +216,23 @@ Deno.test({
     await dev.sync();
   },
 });
+
+Deno.test({
+  name: "tidy() keeps what a returned tensor's tape needs, so backward works after the scope",
+  ...gpuTest,
+  fn: async () => {
+    const w = Tensor.from([0.5, -1, 2], [1, 3], { requiresGrad: true });
+    const ids = [2, 0];
+    const outer = tidy(() => {
+      // the inner scope returns only the loss; its activations and ids must survive
+      const loss = tidy(() => {
+        const e = ops.embedding(ops.reshape(w, [3, 1]), Tensor.from(ids, [2], { dtype: "i32" }));
+        return ops.sum(ops.exp(e));
+      });
+      loss.backward();
+      return loss;
+    });
+    assertClose(await outer.toArray(), [Math.exp(2) + Math.exp(0.5)], { atol: 1e-5 });
+    assertClose(await w.grad!.toArray(), [Math.exp(0.5), 0, Math.exp(2)], { atol: 1e-5 });
+  },
+});

@@ -45,7 +45,8 @@ export function launchRows(
 }
 
 /** Memoises kernel source builders so hot paths do not rebuild WGSL strings. */
-export function memo<A extends (string | number | boolean)[]>(
+// deno-lint-ignore no-explicit-any
+export function memo<A extends any[]>(
   build: (...args: A) => string,
 ): (...args: A) => string {
   const cache = new Map<string, string>();

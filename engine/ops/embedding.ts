@@ -30,6 +30,7 @@ export function embedding(weight: Tensor, ids: Tensor, offset = 0): Tensor {
   return record(out, {
     op: "embedding",
     inputs: [weight],
+    keeps: [ids],
     // scatter-add of g into the rows that were read
     backward: (g) => {
       const dw = fill([V, C], 0);

@@ -90,6 +90,7 @@ export function tokenLogProb(logits: Tensor, ids: Tensor): Tensor {
     op: "tokenLogProb",
     inputs: [logits],
     saved: [lse],
+    keeps: [ids],
     // d/dz = g * (onehot(id) - p)
     backward: (g) => {
       const dz = Tensor.empty(logits.shape);
