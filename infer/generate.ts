@@ -1,0 +1,125 @@
+/**
+ * Batched generation with a KV cache on the GPU: prompts of different lengths
+ * are left-padded, positions come from the mask, each step samples on the GPU
+ * and feeds the sampled ids straight back; only the new ids are read back.
+ * @module
+ */
+import type { QwenModel } from "../engine/model/qwen.ts";
+import { reshape, slice } from "../engine/ops/mod.ts";
+import { Rng } from "../engine/random.ts";
+import { keep, noGrad, tidy } from "../engine/scope.ts";
+import { Tensor } from "../engine/tensor.ts";
+import { drawUniforms, sampleTokens, type SamplingOptions } from "./sampling.ts";
+
+/** A hook that may rewrite each step's last-position logits (B, V) before sampling (e.g. EM-INF). */
+export type LogitsProcessor = (logits: Tensor, step: number) => Tensor;
+
+export interface GenerateOptions extends SamplingOptions {
+  maxNewTokens?: number;
+  seed?: number;
+  /** Ids that end a sequence (default: the model's generation config). */
+  eosTokenIds?: number[];
+  /** Id fed for padding (default: the model's pad id, else the first eos id, else 0). */
+  padTokenId?: number;
+  /** Called after every step with the new id of each row (-1 where already finished). */
+  onStep?: (ids: number[], step: number) => void;
+  logitsProcessor?: LogitsProcessor;
+}
+
+export interface GenerateResult {
+  /** Generated ids per sequence (the eos id included when one ended it). */
+  tokens: number[][];
+  /** True where an eos ended the sequence. */
+  finished: boolean[];
+  /** The padded prompt length P (prompts occupy columns [0, P)). */
+  promptLength: number;
+  steps: number;
+}
+
+/** Left-pads prompts to a common length: ids and mask (B, P), row-major. */
+export function leftPad(
+  prompts: number[][],
+  pad: number,
+): { ids: number[]; mask: number[]; length: number } {
+  const length = Math.max(...prompts.map((p) => p.length));
+  const ids: number[] = [];
+  const mask: number[] = [];
+  for (const p of prompts) {
+    for (let i = 0; i < length - p.length; i++) {
+      ids.push(pad);
+      mask.push(0);
+    }
+    ids.push(...p);
+    p.forEach(() => mask.push(1));
+  }
+  return { ids, mask, length };
+}
+
+/** Generates continuations of token-id prompts. */
+export async function generate(
+  model: QwenModel,
+  prompts: number[][],
+  options: GenerateOptions = {},
+): Promise<GenerateResult> {
+  if (prompts.length === 0 || prompts.some((p) => p.length === 0)) {
+    throw new Error("generate: every prompt needs at least one token");
+  }
+  const maxNew = options.maxNewTokens ?? 64;
+  if (!Number.isInteger(maxNew) || maxNew < 1) {
+    throw new Error(`generate: maxNewTokens must be >= 1, got ${maxNew}`);
+  }
+  const eos = new Set(options.eosTokenIds ?? model.generation.eosTokenIds);
+  const pad = options.padTokenId ?? model.generation.padTokenId ?? [...eos][0] ?? 0;
+  const vocab = model.config.vocabSize;
+  for (const p of prompts) {
+    const bad = p.find((t) => !Number.isInteger(t) || t < 0 || t >= vocab);
+    if (bad !== undefined) {
+      throw new Error(`generate: token id ${bad} is outside the vocabulary (0..${vocab - 1})`);
+    }
+  }
+  const B = prompts.length;
+  const { ids, mask: promptMask, length: P } = leftPad(prompts, pad);
+  const rng = new Rng(options.seed ?? 0);
+  const cache = model.createCache(B, P + maxNew);
+  const tokens: number[][] = prompts.map(() => []);
+  const finished = new Array(B).fill(false);
+  // mask (B, S) for the S tokens cached after each step, kept row-major per row
+  const rows = promptMask.map((_, i) => i).reduce<number[][]>((acc, i) => {
+    (acc[Math.floor(i / P)] ??= []).push(promptMask[i]);
+    return acc;
+  }, []);
+  let input: Tensor = keep(Tensor.from(ids, [B, P], { dtype: "i32" }));
+  let steps = 0;
+  try {
+    for (let step = 0; step < maxNew; step++) {
+      const T = input.shape[1];
+      const maskFlat = rows.flat();
+      const next = noGrad(() =>
+        tidy(() => {
+          const logits = model.forward(input, { attentionMask: maskFlat, cache }); // (B, T, V)
+          let last = reshape(slice(logits, 1, T - 1, T), [B, vocab]); // (B, V)
+          if (options.logitsProcessor) last = options.logitsProcessor(last, step);
+          return sampleTokens(last, options, drawUniforms(rng, B));
+        })
+      );
+      input.dispose();
+      input = keep(reshape(next, [B, 1]));
+      next.dispose();
+      const newIds = Array.from(await input.toArray());
+      steps++;
+      const reported = newIds.map((id, b) => {
+        if (finished[b]) return -1;
+        tokens[b].push(id);
+        if (eos.has(id)) finished[b] = true;
+        return id;
+      });
+      rows.forEach((r) => r.push(1));
+      options.onStep?.(reported, step);
+      if (finished.every(Boolean)) break;
+    }
+  } finally {
+    input.dispose();
+    cache.dispose();
+  }
+  return { tokens, finished, promptLength: P, steps };
+}

@@ -1,0 +1,103 @@
+/**
+ * Next-token sampling on the GPU (kernels/sample.ts) and its CPU reference.
+ * @module
+ */
+import { sampleKernel } from "../kernels/sample.ts";
+import { launchRows } from "../engine/ops/_launch.ts";
+import { Rng } from "../engine/random.ts";
+import { Tensor } from "../engine/tensor.ts";
+
+/** How to pick the next token. temperature 0 (or greedy) is argmax. */
+export interface SamplingOptions {
+  greedy?: boolean;
+  temperature?: number;
+  /** Keep the k most likely tokens (0 = off). */
+  topK?: number;
+  /** Keep the smallest set of most likely tokens with this much mass (1 = off). */
+  topP?: number;
+}
+
+function resolved(
+  o: SamplingOptions,
+): { greedy: boolean; temperature: number; topK: number; topP: number } {
+  const temperature = o.temperature ?? 1;
+  const topK = o.topK ?? 0;
+  const topP = o.topP ?? 1;
+  if (!(temperature >= 0)) {
+    throw new Error(`sampling: temperature must be >= 0, got ${temperature}`);
+  }
+  if (!Number.isInteger(topK) || topK < 0) {
+    throw new Error(`sampling: topK must be a non-negative integer, got ${topK}`);
+  }
+  if (!(topP > 0 && topP <= 1)) throw new Error(`sampling: topP must be in (0, 1], got ${topP}`);
+  return { greedy: o.greedy === true || temperature === 0, temperature, topK, topP };
+}
+
+/**
+ * One token id per row of logits (rows, V), picked on the GPU; `uniforms`
+ * (one per row, in [0, 1)) make it reproducible. Returns ids (rows) i32.
+ */
+export function sampleTokens(
+  logits: Tensor,
+  options: SamplingOptions,
+  uniforms: ArrayLike<number>,
+): Tensor {
+  const o = resolved(options);
+  const V = logits.shape.at(-1)!;
+  const rows = logits.size / V;
+  if (uniforms.length !== rows) {
+    throw new Error(`sampleTokens: ${uniforms.length} uniforms for ${rows} rows`);
+  }
+  const u = Tensor.from(uniforms, [rows]);
+  const ids = Tensor.empty([rows], "i32");
+  const params = [rows, V, o.greedy ? 1 : 0, { f32: o.temperature || 1 }, o.topK, { f32: o.topP }];
+  launchRows(sampleKernel, [logits, u, ids], params, rows, "sample");
+  u.dispose();
+  return ids;
+}
+
+/** Uniforms for one decoding step from a seeded generator. */
+export function drawUniforms(rng: Rng, rows: number): number[] {
+  return Array.from({ length: rows }, () => rng.next());
+}
+
+/**
+ * CPU reference of sampleTokens for one row: the same keep-set (top-k, then the
+ * smallest top-p set) and the same inverse CDF in index order.
+ */
+export function sampleReference(
+  row: ArrayLike<number>,
+  options: SamplingOptions,
+  u: number,
+): number {
+  const o = resolved(options);
+  const z = Array.from(row);
+  const m = Math.max(...z);
+  if (o.greedy) return z.indexOf(m);
+  const order = z.map((v, i) => [v, i]).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+  let kept = order;
+  if (o.topK > 0 && o.topK < z.length) {
+    const t = order[o.topK - 1][0];
+    kept = order.filter(([v]) => v >= t);
+  }
+  const w = (v: number) => Math.exp((v - m) / o.temperature);
+  if (o.topP < 1) {
+    const total = kept.reduce((s, [v]) => s + w(v), 0);
+    let acc = 0;
+    let n = 0;
+    while (n < kept.length && acc < o.topP * total) acc += w(kept[n++][0]);
+    const t = kept[n - 1][0];
+    kept = kept.filter(([v]) => v >= t);
+  }
+  const keep = new Set(kept.map(([, i]) => i));
+  const total = kept.reduce((s, [v]) => s + w(v), 0);
+  let rest = u * total;
+  let pick = -1;
+  for (let j = 0; j < z.length; j++) {
+    if (!keep.has(j)) continue;
+    pick = j;
+    if (rest < w(z[j])) break;
+    rest -= w(z[j]);
+  }
+  return pick;
+}

@@ -1,0 +1,169 @@
+/**
+ * Token sampling on the GPU, one workgroup per row of logits (rows, V):
+ * greedy argmax, or temperature + top-k + top-p then inverse-CDF sampling
+ * with a given uniform u per row. Thresholds are found by bisection on the
+ * logit value (no sort), so a 151936-wide row needs no scratch memory.
+ * @module
+ */
+import { paramsBlock } from "./common.ts";
+
+export const SAMPLE_WG = 128;
+
+/**
+ * Params: rows, V, greedy (u32), temperature (f32), topK (u32, 0 = off),
+ * topP (f32, 1 = off), groupsX. Bindings: z (rows, V), u (rows), ids out (rows) i32.
+ */
+export const sampleKernel = /* wgsl */ `
+${paramsBlock(7)}
+@group(0) @binding(1) var<storage, read> z: array<f32>;
+@group(0) @binding(2) var<storage, read> u: array<f32>;
+@group(0) @binding(3) var<storage, read_write> ids: array<i32>;
+var<workgroup> red_f: array<f32, ${SAMPLE_WG}>;
+var<workgroup> red_i: array<u32, ${SAMPLE_WG}>;
+var<workgroup> shared_f: array<f32, 4>;
+
+fn wg_max(v: f32, lid: u32) -> f32 {
+  red_f[lid] = v;
+  workgroupBarrier();
+  for (var s = ${SAMPLE_WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { red_f[lid] = max(red_f[lid], red_f[lid + s]); }
+    workgroupBarrier();
+  }
+  let r = red_f[0];
+  workgroupBarrier();
+  return r;
+}
+fn wg_sum(v: f32, lid: u32) -> f32 {
+  red_f[lid] = v;
+  workgroupBarrier();
+  for (var s = ${SAMPLE_WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { red_f[lid] = red_f[lid] + red_f[lid + s]; }
+    workgroupBarrier();
+  }
+  let r = red_f[0];
+  workgroupBarrier();
+  return r;
+}
+fn wg_count(v: u32, lid: u32) -> u32 {
+  red_i[lid] = v;
+  workgroupBarrier();
+  for (var s = ${SAMPLE_WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { red_i[lid] = red_i[lid] + red_i[lid + s]; }
+    workgroupBarrier();
+  }
+  let r = red_i[0];
+  workgroupBarrier();
+  return r;
+}
+
+@compute @workgroup_size(${SAMPLE_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+  let row = wid.x + wid.y * pu(6u);
+  let lid = lid3.x;
+  let rows = pu(0u); let V = pu(1u);
+  if (row >= rows) { return; }
+  let base = row * V;
+  let greedy = pu(2u) == 1u;
+  let temp = pf(3u); let top_k = pu(4u); let top_p = pf(5u);
+  // chunk of this thread: contiguous, so the inverse CDF walks indices in order
+  let chunk = (V + ${SAMPLE_WG - 1}u) / ${SAMPLE_WG}u;
+  let j0 = min(lid * chunk, V); let j1 = min(j0 + chunk, V);
+
+  // max logit (first index on ties for greedy)
+  var m = -3.402823e38;
+  for (var j = j0; j < j1; j++) { m = max(m, z[base + j]); }
+  m = wg_max(m, lid);
+  if (greedy) {
+    var first = 0xffffffffu;
+    for (var j = j0; j < j1; j++) { if (z[base + j] == m && first == 0xffffffffu) { first = j; } }
+    red_i[lid] = first;
+    workgroupBarrier();
+    for (var s = ${SAMPLE_WG / 2}u; s > 0u; s >>= 1u) {
+      if (lid < s) { red_i[lid] = min(red_i[lid], red_i[lid + s]); }
+      workgroupBarrier();
+    }
+    if (lid == 0u) { ids[row] = i32(red_i[0]); }
+    return;
+  }
+
+  // lowest kept logit: top-k then top-p thresholds, by bisection on the value
+  var lo = -3.402823e38;
+  var mn = 3.402823e38;
+  for (var j = j0; j < j1; j++) { mn = min(mn, z[base + j]); }
+  mn = -wg_max(-mn, lid);
+  if (top_k > 0u && top_k < V) {
+    // largest t with count(z >= t) >= k
+    var a = mn; var b = m;
+    for (var it = 0; it < 40; it++) {
+      let t = a + (b - a) * 0.5;
+      var c = 0u;
+      for (var j = j0; j < j1; j++) { c += select(0u, 1u, z[base + j] >= t); }
+      if (wg_count(c, lid) >= top_k) { a = t; } else { b = t; }
+    }
+    lo = a;
+  }
+  var total = 0.0;
+  for (var j = j0; j < j1; j++) {
+    let v = z[base + j];
+    if (v >= lo) { total += exp((v - m) / temp); }
+  }
+  total = wg_sum(total, lid);
+  if (top_p < 1.0) {
+    // largest t >= lo whose kept mass (z >= t) is still >= top_p of the total
+    var a = max(lo, mn); var b = m;
+    for (var it = 0; it < 40; it++) {
+      let t = a + (b - a) * 0.5;
+      var s = 0.0;
+      for (var j = j0; j < j1; j++) {
+        let v = z[base + j];
+        if (v >= t) { s += exp((v - m) / temp); }
+      }
+      if (wg_sum(s, lid) >= top_p * total) { a = t; } else { b = t; }
+    }
+    lo = a;
+    var kept = 0.0;
+    for (var j = j0; j < j1; j++) {
+      let v = z[base + j];
+      if (v >= lo) { kept += exp((v - m) / temp); }
+    }
+    total = wg_sum(kept, lid);
+  }
+
+  // inverse CDF in index order: chunk masses, prefix on thread 0, then one thread walks
+  var mine = 0.0;
+  for (var j = j0; j < j1; j++) {
+    let v = z[base + j];
+    if (v >= lo) { mine += exp((v - m) / temp); }
+  }
+  red_f[lid] = mine;
+  workgroupBarrier();
+  if (lid == 0u) {
+    let goal = u[row] * total;
+    var acc = 0.0;
+    var owner = ${SAMPLE_WG - 1}u;
+    var before = 0.0;
+    for (var t = 0u; t < ${SAMPLE_WG}u; t++) {
+      if (red_f[t] > 0.0) { owner = t; before = acc; }
+      if (acc + red_f[t] > goal && red_f[t] > 0.0) { owner = t; before = acc; break; }
+      acc += red_f[t];
+    }
+    shared_f[0] = f32(owner);
+    shared_f[1] = goal - before;
+  }
+  workgroupBarrier();
+  if (lid == u32(shared_f[0])) {
+    var rest = shared_f[1];
+    var pick = j0;
+    for (var j = j0; j < j1; j++) {
+      let v = z[base + j];
+      if (v >= lo) {
+        pick = j;
+        let p = exp((v - m) / temp);
+        if (rest < p) { break; }
+        rest -= p;
+      }
+    }
+    ids[row] = i32(pick);
+  }
+}
+`;
