@@ -2,7 +2,21 @@
  * A tensor engine with tape autograd whose kernels are WGSL run through
  * WebGPU, for entropy minimization of Qwen models.
  *
- * @example
+ * @example Generate with a Hugging Face Qwen checkpoint
+ * ```ts ignore
+ * import { generate, initDevice, loadModel } from "./mod.ts";
+ *
+ * await initDevice();
+ * const model = await loadModel("./Qwen2.5-0.5B-Instruct"); // config.json, safetensors, tokenizer.json
+ * const tok = model.tokenizer!;
+ * const prompt = tok.applyChatTemplate([{ role: "user", content: "What is 7*8?" }], {
+ *   addGenerationPrompt: true,
+ * });
+ * const out = await generate(model, [tok.encode(prompt)], { maxNewTokens: 64, temperature: 0.7, topP: 0.9 });
+ * console.log(tok.decode(out.tokens[0], { skipSpecialTokens: true }));
+ * ```
+ *
+ * @example Autograd
  * ```ts
  * import { initDevice, matmul, sum, Tensor, tidy } from "./mod.ts";
  *
@@ -33,3 +47,27 @@ export * from "./engine/ops/mod.ts";
 export { AdamW, type AdamWOptions, clipGradNorm } from "./engine/optim.ts";
 export { Rng } from "./engine/random.ts";
 export * from "./engine/safetensors.ts";
+export {
+  ConfigError,
+  parseQwenConfig,
+  type QwenConfig,
+  readQwenConfig,
+} from "./engine/model/config.ts";
+export {
+  expectedParameters,
+  type ForwardOptions,
+  KVCache,
+  loadModel,
+  type LoadOptions,
+  type Parameter,
+  parameterBytes,
+  positionsFromMask,
+  QwenModel,
+  randomModel,
+  saveModel,
+} from "./engine/model/qwen.ts";
+export { type ChatMessage, loadTokenizer, QwenTokenizer } from "./engine/model/tokenizer.ts";
+export { applyRope, attention, attentionBias, linear, rmsNorm, ropeTables } from "./engine/nn.ts";
+export { generate, type GenerateOptions, type GenerateResult, leftPad } from "./infer/generate.ts";
+export { sampleReference, sampleTokens, type SamplingOptions } from "./infer/sampling.ts";
+export { responseMask, tokenEntropyLoss } from "./train/em_ft.ts";

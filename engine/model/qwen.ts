@@ -12,9 +12,11 @@ import {
   cast,
   concat,
   embedding,
+  fill,
   matmul,
   mul,
   permute,
+  randomNormal,
   reshape,
   silu,
   slice,
@@ -528,4 +530,46 @@ function parentOf(path: string): string {
 /** Bytes a model's parameters occupy on the GPU. */
 export function parameterBytes(model: QwenModel): number {
   return model.tensors().reduce((s, t) => s + t.size * DTYPE_BYTES[t.dtype], 0);
+}
+
+/**
+ * A model with random weights (normal, std 0.02; norms 1) for a config, made
+ * on the GPU: for tests, benchmarks and scale checks without a download.
+ */
+export function randomModel(
+  config: QwenConfig,
+  options: { seed?: number; dtype?: "f32" | "bf16"; std?: number; trainable?: boolean } = {},
+): QwenModel {
+  const dtype = options.dtype ?? "f32";
+  const limit = device().info.maxStorageBufferBindingSize;
+  let seed = options.seed ?? 0;
+  const parameters: Parameter[] = expectedParameters(config).map(([name, shape]) => {
+    if (shape.length === 1) {
+      const isNorm = name.endsWith("norm.weight");
+      const t = keep(
+        isNorm ? fill(shape, 1) : randomNormal(shape, { seed: seed++, std: options.std ?? 0.02 }),
+      );
+      return { name, shape, chunks: [t] };
+    }
+    const [rows, cols] = shape;
+    const per = Math.max(1, Math.floor(limit / (cols * DTYPE_BYTES[dtype])));
+    const chunks: Tensor[] = [];
+    for (let r = 0; r < rows; r += per) {
+      chunks.push(
+        keep(
+          randomNormal([Math.min(per, rows - r), cols], {
+            seed: seed++,
+            std: options.std ?? 0.02,
+            dtype,
+          }),
+        ),
+      );
+    }
+    return { name, shape, chunks };
+  });
+  if (options.trainable) {
+    if (dtype !== "f32") throw new Error("randomModel: trainable models must be f32");
+    parameters.forEach((p) => p.chunks.forEach((t) => t.requiresGrad = true));
+  }
+  return new QwenModel(config, parameters);
 }

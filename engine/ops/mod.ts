@@ -5,4 +5,4 @@ export * from "./matmul.ts";
 export * from "./softmax.ts";
 export * from "./shape.ts";
 export * from "./embedding.ts";
-export { fill } from "./fill.ts";
+export { fill, randomNormal } from "./fill.ts";

@@ -1,0 +1,147 @@
+/**
+ * `deno task generate --model DIR --prompt TEXT [--chat] [--max-new-tokens N]
+ * [--temperature T] [--top-p P] [--top-k K] [--seed S] [--greedy]`: streams
+ * the continuation as it is produced.
+ * @module
+ */
+import { parseArgs } from "@std/cli";
+import { initDevice, WebGPUUnavailableError } from "../engine/device.ts";
+import { loadModel } from "../engine/model/qwen.ts";
+import { generate } from "./generate.ts";
+
+const HELP = `deno task generate --model DIR --prompt TEXT [flags]
+
+Generates text with a Hugging Face Qwen2/Qwen2.5/Qwen3 checkpoint directory
+(config.json, model.safetensors or shards, tokenizer.json), streaming it.
+
+  --model DIR           checkpoint directory (required)
+  --prompt TEXT         the prompt (required)
+  --chat                wrap the prompt as a user message with the chat template
+  --no-thinking         with --chat on Qwen3: enable_thinking=false
+  --max-new-tokens N    tokens to generate (default 128)
+  --temperature T       sampling temperature; 0 means greedy (default 1, or generation_config.json)
+  --top-p P             nucleus sampling mass in (0, 1] (default 1, or generation_config.json)
+  --top-k K             keep the K most likely tokens, 0 = off (default 0, or generation_config.json)
+  --greedy              argmax decoding
+  --seed S              random seed (default 0)
+  --help                this text`;
+
+function num(
+  flags: Record<string, unknown>,
+  name: string,
+  check: (v: number) => boolean,
+  what: string,
+): number | undefined {
+  const raw = flags[name];
+  if (raw === undefined) return undefined;
+  const v = Number(raw);
+  if (!Number.isFinite(v) || !check(v)) throw new Error(`--${name} must be ${what}, got "${raw}"`);
+  return v;
+}
+
+export async function main(args: string[]): Promise<number> {
+  let flags;
+  try {
+    flags = parseArgs(args, {
+      string: ["model", "prompt", "max-new-tokens", "temperature", "top-p", "top-k", "seed"],
+      boolean: ["chat", "greedy", "no-thinking", "help"],
+    });
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}\n\n${HELP}`);
+    return 2;
+  }
+  if (flags.help) {
+    console.log(HELP);
+    return 0;
+  }
+  let options;
+  try {
+    if (typeof flags.model !== "string") throw new Error("--model DIR is required");
+    if (typeof flags.prompt !== "string") throw new Error("--prompt TEXT is required");
+    options = {
+      maxNewTokens: num(flags, "max-new-tokens", (v) =>
+        Number.isInteger(v) && v > 0, "a positive integer") ?? 128,
+      temperature: num(flags, "temperature", (v) =>
+        v >= 0, "a number >= 0"),
+      topP: num(flags, "top-p", (v) => v > 0 && v <= 1, "in (0, 1]"),
+      topK: num(flags, "top-k", (v) => Number.isInteger(v) && v >= 0, "an integer >= 0"),
+      seed: num(flags, "seed", Number.isInteger, "an integer") ?? 0,
+      greedy: flags.greedy === true,
+    };
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    return 2;
+  }
+  try {
+    await initDevice();
+  } catch (e) {
+    if (e instanceof WebGPUUnavailableError) {
+      console.error(`error: ${e.message}`);
+      return 1;
+    }
+    throw e;
+  }
+  let model;
+  try {
+    model = await loadModel(flags.model);
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    return 1;
+  }
+  const tok = model.tokenizer;
+  if (!tok) {
+    console.error(
+      `error: ${flags.model}/tokenizer.json not found: generate needs the model's tokenizer`,
+    );
+    return 1;
+  }
+  let text = flags.prompt;
+  if (flags.chat) {
+    if (!tok.hasChatTemplate) {
+      console.error(`error: --chat: ${flags.model}/tokenizer_config.json has no chat_template`);
+      return 2;
+    }
+    text = tok.applyChatTemplate([{ role: "user", content: text }], {
+      addGenerationPrompt: true,
+      ...(flags["no-thinking"] ? { enable_thinking: false } : {}),
+    });
+  }
+  const g = model.generation;
+  const encoder = new TextEncoder();
+  let printed = "";
+  const ids: number[] = [];
+  const promptIds = tok.encode(text);
+  const tooBig = promptIds.find((id) => id >= model.config.vocabSize);
+  if (tooBig !== undefined) {
+    console.error(
+      `error: the tokenizer in ${flags.model} produced id ${tooBig}, but config.json has vocab_size ${model.config.vocabSize}: model and tokenizer do not match`,
+    );
+    return 1;
+  }
+  const t0 = performance.now();
+  const r = await generate(model, [promptIds], {
+    ...options,
+    temperature: options.temperature ?? g.temperature ?? 1,
+    topP: options.topP ?? g.topP ?? 1,
+    topK: options.topK ?? g.topK ?? 0,
+    onStep: ([id]) => {
+      if (id < 0 || g.eosTokenIds.includes(id)) return;
+      ids.push(id);
+      // decode the whole continuation so multi-byte characters come out whole
+      const full = tok.decode(ids, { skipSpecialTokens: true });
+      if (!full.endsWith("\uFFFD")) {
+        Deno.stdout.writeSync(encoder.encode(full.slice(printed.length)));
+        printed = full;
+      }
+    },
+  });
+  const secs = (performance.now() - t0) / 1000;
+  console.log(
+    `\n[${r.tokens[0].length} tokens in ${secs.toFixed(1)} s, ${
+      (r.tokens[0].length / secs).toFixed(1)
+    } tok/s${r.finished[0] ? ", eos" : ""}]`,
+  );
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,0 +1,195 @@
+/** Loading errors, config variants, the tokenizer fixtures and the generate CLI. */
+import { ConfigError, parseQwenConfig } from "../engine/model/config.ts";
+import { loadModel, randomModel, saveModel } from "../engine/model/qwen.ts";
+import { loadTokenizer } from "../engine/model/tokenizer.ts";
+import { randomNormal } from "../engine/ops/mod.ts";
+import { readSafetensors, writeSafetensors } from "../engine/safetensors.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
+import { assertClose, gpuTest } from "./_helpers.ts";
+
+const HF = new URL("./fixtures/hf/", import.meta.url).pathname;
+const TOK = new URL("./fixtures/qwen-tokenizer/", import.meta.url).pathname;
+
+const base = JSON.parse(await Deno.readTextFile(`${HF}qwen2-tiny/config.json`));
+
+Deno.test("parseQwenConfig() reads rope_theta at top level or in rope_parameters, and head_dim", () => {
+  assertEquals(parseQwenConfig(base).ropeTheta, 10000);
+  const old = { ...base, rope_parameters: undefined, rope_theta: 1e6 };
+  assertEquals(parseQwenConfig(old).ropeTheta, 1e6);
+  const q3 = JSON.parse(Deno.readTextFileSync(`${HF}qwen3-tiny/config.json`));
+  const c = parseQwenConfig(q3);
+  assertEquals([c.headDim, c.qkNorm, c.attentionBias, c.tieWordEmbeddings], [
+    32,
+    true,
+    false,
+    false,
+  ]);
+});
+
+Deno.test("parseQwenConfig() refuses unsupported features naming the field", () => {
+  const cases: [Record<string, unknown>, string][] = [
+    [
+      { ...base, rope_parameters: { rope_type: "yarn", rope_theta: 1e4, factor: 4 } },
+      "rope_parameters.rope_type",
+    ],
+    [
+      { ...base, rope_parameters: undefined, rope_scaling: { type: "linear", factor: 2 } },
+      "rope_scaling.type",
+    ],
+    [
+      { ...base, use_sliding_window: true, sliding_window: 64, max_window_layers: 1 },
+      "use_sliding_window",
+    ],
+    [{ ...base, architectures: ["LlamaForCausalLM"] }, "architectures"],
+    [{ ...base, num_key_value_heads: 3 }, "num_key_value_heads"],
+    [{ ...base, hidden_size: "64" }, "hidden_size"],
+    [{ ...base, hidden_act: "gelu" }, "hidden_act"],
+  ];
+  for (const [raw, field] of cases) {
+    assertThrows(() => parseQwenConfig(raw, "x/config.json"), ConfigError, field);
+  }
+});
+
+async function copyFixture(name: string): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "model_io_" });
+  for await (const e of Deno.readDir(`${HF}${name}`)) {
+    await Deno.copyFile(`${HF}${name}/${e.name}`, `${dir}/${e.name}`);
+  }
+  return dir;
+}
+
+Deno.test({
+  name: "loadModel() names the tensor and file when a weight is missing or misshapen",
+  ...gpuTest,
+  fn: async () => {
+    const dir = await copyFixture("qwen2-tiny");
+    const { tensors } = await readSafetensors(`${dir}/model.safetensors`);
+    const without = new Map(
+      [...tensors].filter(([n]) => n !== "model.layers.1.mlp.up_proj.weight"),
+    );
+    await writeSafetensors(`${dir}/model.safetensors`, without);
+    await assertRejects(() => loadModel(dir), Error, "model.layers.1.mlp.up_proj.weight");
+    const bent = new Map(tensors);
+    const t = bent.get("model.norm.weight")!;
+    bent.set("model.norm.weight", { ...t, shape: [8, 8] });
+    await writeSafetensors(`${dir}/model.safetensors`, bent);
+    const err = await assertRejects(() => loadModel(dir), Error, "model.norm.weight");
+    assert(err.message.includes("model.safetensors") && err.message.includes("[8,8]"), err.message);
+    await Deno.writeTextFile(`${dir}/config.json`, "{ nope");
+    await assertRejects(() => loadModel(dir), ConfigError, "config.json");
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+Deno.test({
+  name: "a vocabulary table past the binding limit is split into row chunks with the same results",
+  ...gpuTest,
+  fn: async () => {
+    // force chunking by loading with a tiny simulated limit: compare a chunked lookup to the whole table
+    const model = await loadModel(`${HF}qwen2-tiny`);
+    const whole = model.parameter("model.embed_tokens.weight")!.chunks[0];
+    const { embedding, concat, slice, matmul, add } = await import("../engine/ops/mod.ts");
+    const { Tensor } = await import("../engine/tensor.ts");
+    const ids = Tensor.from([0, 200, 511, 300, 7], [5], { dtype: "i32" });
+    const parts = [slice(whole, 0, 0, 200), slice(whole, 0, 200, 512)];
+    const chunked = add(embedding(parts[0], ids, 0), embedding(parts[1], ids, 200));
+    assertEquals([...(await chunked.toArray())], [...(await embedding(whole, ids).toArray())]);
+    const x = randomNormal([3, 64], { seed: 1 });
+    const headChunks = concat(parts.map((w) => matmul(x, w, { transB: true })), -1);
+    assertClose(await headChunks.toArray(), await matmul(x, whole, { transB: true }).toArray(), {
+      atol: 1e-6,
+    });
+    model.dispose();
+  },
+});
+
+Deno.test("the Qwen tokenizer reproduces encode_cases.json (ids and decoded text)", async () => {
+  const tok = await loadTokenizer(TOK);
+  const cases = JSON.parse(await Deno.readTextFile(`${TOK}encode_cases.json`));
+  for (const c of cases) {
+    assertEquals(tok.encode(c.text), c.ids, `encode ${JSON.stringify(c.text)}`);
+    assertEquals(tok.decode(c.ids), c.decoded, `decode ${JSON.stringify(c.text)}`);
+  }
+  assertEquals(tok.eosTokenIds, [151645]);
+});
+
+Deno.test("the chat template reproduces chat_cases.json (text and ids), enable_thinking included", async () => {
+  const tok = await loadTokenizer(TOK);
+  const cases = JSON.parse(await Deno.readTextFile(`${TOK}chat_cases.json`));
+  for (const c of cases) {
+    const text = tok.applyChatTemplate(c.messages, {
+      addGenerationPrompt: c.add_generation_prompt,
+      ...c.kwargs,
+    });
+    assertEquals(text, c.text);
+    assertEquals(tok.encode(text), c.ids);
+  }
+});
+
+Deno.test({
+  name:
+    "generate CLI streams text from a checkpoint with the real Qwen tokenizer; bad input is a clear error",
+  ...gpuTest,
+  fn: async () => {
+    const config = parseQwenConfig({
+      ...base,
+      vocab_size: 151936,
+      hidden_size: 32,
+      num_hidden_layers: 1,
+      num_attention_heads: 2,
+      num_key_value_heads: 1,
+      intermediate_size: 64,
+    });
+    const model = randomModel(config, { seed: 1, std: 0.5 });
+    const dir = await Deno.makeTempDir({ prefix: "gen_cli_" });
+    await saveModel(model, `${dir}/m`, { copyFrom: TOK });
+    model.dispose();
+    const run = async (...args: string[]) => {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", new URL("../infer/cli.ts", import.meta.url).pathname, ...args],
+        env: { XDG_RUNTIME_DIR: "/tmp" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      return {
+        code: out.code,
+        out: new TextDecoder().decode(out.stdout),
+        err: new TextDecoder().decode(out.stderr),
+      };
+    };
+    const ok = await run(
+      "--model",
+      `${dir}/m`,
+      "--prompt",
+      "What is 2+2?",
+      "--chat",
+      "--max-new-tokens",
+      "4",
+      "--greedy",
+    );
+    assertEquals(ok.code, 0, ok.err);
+    assert(/\[4 tokens in/.test(ok.out), ok.out);
+    const bad = await run("--model", `${dir}/nope`, "--prompt", "x");
+    assertEquals(bad.code, 1);
+    assert(bad.err.includes(`${dir}/nope/config.json`), bad.err);
+    const flag = await run("--model", `${dir}/m`, "--prompt", "x", "--top-p", "2");
+    assertEquals(flag.code, 2);
+    assert(flag.err.includes("--top-p"), flag.err);
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+Deno.test({
+  name: "randomNormal() has the requested mean and std, in f32 and bf16",
+  ...gpuTest,
+  fn: async () => {
+    for (const dtype of ["f32", "bf16"] as const) {
+      const t = randomNormal([20001], { seed: 3, mean: 1, std: 2, dtype });
+      const a = Array.from(await t.toArray());
+      const m = a.reduce((s, x) => s + x, 0) / a.length;
+      const sd = Math.sqrt(a.reduce((s, x) => s + (x - m) ** 2, 0) / a.length);
+      assert(Math.abs(m - 1) < 0.05 && Math.abs(sd - 2) < 0.05, `${dtype}: mean ${m}, std ${sd}`);
+      t.dispose();
+    }
+  },
+});
