@@ -4,7 +4,7 @@
  */
 import { sampleKernel } from "../kernels/sample.ts";
 import { launchRows } from "../engine/ops/_launch.ts";
-import { Rng } from "../engine/random.ts";
+import type { Rng } from "../engine/random.ts";
 import { Tensor } from "../engine/tensor.ts";
 
 /** How to pick the next token. temperature 0 (or greedy) is argmax. */
