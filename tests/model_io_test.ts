@@ -6,6 +6,9 @@ import { randomNormal } from "../engine/ops/mod.ts";
 import { readSafetensors, writeSafetensors } from "../engine/safetensors.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
 import { assertClose, gpuTest } from "./_helpers.ts";
+import { Tensor } from "../engine/tensor.ts";
+import { tidy } from "../engine/scope.ts";
+import { tokenEntropyLoss } from "../train/em_ft.ts";
 
 const HF = new URL("./fixtures/hf/", import.meta.url).pathname;
 const TOK = new URL("./fixtures/qwen-tokenizer/", import.meta.url).pathname;
@@ -82,24 +85,39 @@ Deno.test({
 });
 
 Deno.test({
-  name: "a vocabulary table past the binding limit is split into row chunks with the same results",
+  name:
+    "weights split into row chunks (as past the binding limit) give the same logits and gradients",
   ...gpuTest,
   fn: async () => {
-    // force chunking by loading with a tiny simulated limit: compare a chunked lookup to the whole table
-    const model = await loadModel(`${HF}qwen2-tiny`);
-    const whole = model.parameter("model.embed_tokens.weight")!.chunks[0];
-    const { embedding, concat, slice, matmul, add } = await import("../engine/ops/mod.ts");
-    const { Tensor } = await import("../engine/tensor.ts");
-    const ids = Tensor.from([0, 200, 511, 300, 7], [5], { dtype: "i32" });
-    const parts = [slice(whole, 0, 0, 200), slice(whole, 0, 200, 512)];
-    const chunked = add(embedding(parts[0], ids, 0), embedding(parts[1], ids, 200));
-    assertEquals([...(await chunked.toArray())], [...(await embedding(whole, ids).toArray())]);
-    const x = randomNormal([3, 64], { seed: 1 });
-    const headChunks = concat(parts.map((w) => matmul(x, w, { transB: true })), -1);
-    assertClose(await headChunks.toArray(), await matmul(x, whole, { transB: true }).toArray(), {
-      atol: 1e-6,
-    });
-    model.dispose();
+    const whole = await loadModel(`${HF}qwen2-tiny`, { trainable: true });
+    const split = await loadModel(`${HF}qwen2-tiny`, { trainable: true, chunkBytes: 16 * 1024 });
+    const emb = split.parameter("model.embed_tokens.weight")!;
+    assertEquals(emb.chunks.length, 8); // 512 rows x 256 B in 16 KiB chunks of 64 rows
+    assert(split.parameter("model.layers.0.mlp.down_proj.weight")!.chunks.length > 1);
+    const ids = Tensor.from([3, 400, 511, 7, 0, 260], [2, 3], { dtype: "i32" });
+    const run = (m: typeof whole) =>
+      tidy(() => {
+        const logits = m.forward(ids);
+        tokenEntropyLoss(logits, [1, 1, 0, 1, 1, 0]).backward();
+        return logits;
+      });
+    const a = run(whole);
+    const b = run(split);
+    assertClose(await b.toArray(), await a.toArray(), { atol: 1e-6, rtol: 0 }, "logits");
+    for (const p of whole.parameters) {
+      const parts = split.parameter(p.name)!.chunks;
+      const got = (await Promise.all(parts.map((t) => t.grad!.toArray()))).flatMap((x) =>
+        Array.from(x)
+      );
+      assertClose(
+        got,
+        await p.chunks[0].grad!.toArray(),
+        { atol: 1e-6, rtol: 1e-5 },
+        `grad ${p.name}`,
+      );
+    }
+    whole.dispose();
+    split.dispose();
   },
 });
 

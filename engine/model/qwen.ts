@@ -48,6 +48,8 @@ export interface LoadOptions {
   dtype?: "f32" | "stored";
   /** Parameters require grad (implies dtype "f32"). */
   trainable?: boolean;
+  /** Largest chunk of a 2-D weight in bytes (default: the adapter's maxStorageBufferBindingSize). */
+  chunkBytes?: number;
 }
 
 /** Options of QwenModel.forward. */
@@ -95,21 +97,31 @@ export class KVCache {
   }
 }
 
+/** A weight (out, in) as row chunks (output features) that each fit a binding. */
+type Chunked = Tensor[];
+
 interface Layer {
   inputNorm: Tensor;
   postNorm: Tensor;
-  q: Tensor;
-  k: Tensor;
-  v: Tensor;
-  o: Tensor;
+  q: Chunked;
+  k: Chunked;
+  v: Chunked;
+  o: Chunked;
   qBias: Tensor | null;
   kBias: Tensor | null;
   vBias: Tensor | null;
   qNorm: Tensor | null;
   kNorm: Tensor | null;
-  gate: Tensor;
-  up: Tensor;
-  down: Tensor;
+  gate: Chunked;
+  up: Chunked;
+  down: Chunked;
+}
+
+/** x·Wᵀ + b with W split by output rows: the chunks' outputs are concatenated. */
+function chunkedLinear(x: Tensor, w: Chunked, bias: Tensor | null = null): Tensor {
+  if (w.length === 1) return linear(x, w[0], bias);
+  const y = concat(w.map((part) => matmul(x, part, { transB: true })), -1);
+  return bias ? add(y, bias) : y;
 }
 
 /** Hugging Face parameter names and shapes a config implies, in checkpoint order. */
@@ -178,29 +190,30 @@ export class QwenModel {
     this.generation = options.generation ??
       { eosTokenIds: config.eosTokenIds, padTokenId: config.padTokenId };
     this.#byName = new Map(parameters.map((p) => [p.name, p]));
-    const one = (name: string) => {
+    const all = (name: string) => {
       const p = this.#byName.get(name);
       if (!p) throw new Error(`model: missing parameter ${name}`);
-      return p.chunks[0];
+      return p.chunks;
     };
+    const one = (name: string) => all(name)[0];
     const maybe = (name: string) => (this.#byName.has(name) ? one(name) : null);
     this.#layers = Array.from({ length: config.numLayers }, (_, i) => {
       const p = `model.layers.${i}`;
       return {
         inputNorm: one(`${p}.input_layernorm.weight`),
         postNorm: one(`${p}.post_attention_layernorm.weight`),
-        q: one(`${p}.self_attn.q_proj.weight`),
-        k: one(`${p}.self_attn.k_proj.weight`),
-        v: one(`${p}.self_attn.v_proj.weight`),
-        o: one(`${p}.self_attn.o_proj.weight`),
+        q: all(`${p}.self_attn.q_proj.weight`),
+        k: all(`${p}.self_attn.k_proj.weight`),
+        v: all(`${p}.self_attn.v_proj.weight`),
+        o: all(`${p}.self_attn.o_proj.weight`),
         qBias: maybe(`${p}.self_attn.q_proj.bias`),
         kBias: maybe(`${p}.self_attn.k_proj.bias`),
         vBias: maybe(`${p}.self_attn.v_proj.bias`),
         qNorm: maybe(`${p}.self_attn.q_norm.weight`),
         kNorm: maybe(`${p}.self_attn.k_norm.weight`),
-        gate: one(`${p}.mlp.gate_proj.weight`),
-        up: one(`${p}.mlp.up_proj.weight`),
-        down: one(`${p}.mlp.down_proj.weight`),
+        gate: all(`${p}.mlp.gate_proj.weight`),
+        up: all(`${p}.mlp.up_proj.weight`),
+        down: all(`${p}.mlp.down_proj.weight`),
       };
     });
   }
@@ -250,14 +263,17 @@ export class QwenModel {
     let x = this.embed(ids); // (B, T, C)
     this.#layers.forEach((L, i) => {
       const h = rmsNorm(x, L.inputNorm, c.rmsNormEps);
-      const q = applyRope(heads(linear(h, L.q, L.qBias), c.numHeads, L.qNorm), cos, sin);
-      let k = applyRope(heads(linear(h, L.k, L.kBias), c.numKvHeads, L.kNorm), cos, sin);
-      let v = heads(linear(h, L.v, L.vBias), c.numKvHeads, null);
+      const q = applyRope(heads(chunkedLinear(h, L.q, L.qBias), c.numHeads, L.qNorm), cos, sin);
+      let k = applyRope(heads(chunkedLinear(h, L.k, L.kBias), c.numKvHeads, L.kNorm), cos, sin);
+      let v = heads(chunkedLinear(h, L.v, L.vBias), c.numKvHeads, null);
       if (cache) [k, v] = cache.append(i, k, v);
       const a = permute(attention(q, k, v, bias, scale), [0, 2, 1, 3]); // (B, T, H, D)
-      x = add(x, linear(reshape(a, [B, T, c.numHeads * c.headDim]), L.o));
+      x = add(x, chunkedLinear(reshape(a, [B, T, c.numHeads * c.headDim]), L.o));
       const h2 = rmsNorm(x, L.postNorm, c.rmsNormEps);
-      x = add(x, linear(mul(silu(linear(h2, L.gate)), linear(h2, L.up)), L.down));
+      x = add(
+        x,
+        chunkedLinear(mul(silu(chunkedLinear(h2, L.gate)), chunkedLinear(h2, L.up)), L.down),
+      );
     });
     if (cache) cache.length = S;
     const final = rmsNorm(x, this.#byName.get("model.norm.weight")!.chunks[0], c.rmsNormEps);
@@ -280,9 +296,7 @@ export class QwenModel {
   /** Logits from final hidden states (..., C) -> (..., V); vocabulary chunks are concatenated. */
   head(x: Tensor): Tensor {
     const name = this.config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-    const chunks = this.#byName.get(name)!.chunks;
-    const parts = chunks.map((w) => matmul(x, w, { transB: true }));
-    return parts.length === 1 ? parts[0] : concat(parts, -1);
+    return chunkedLinear(x, this.#byName.get(name)!.chunks);
   }
 
   /** A KV cache for `batch` sequences of up to `maxLength` tokens. */
@@ -308,19 +322,26 @@ export function positionsFromMask(mask: ArrayLike<number>, batch: number, seq: n
   return out;
 }
 
-/** Rows per chunk so that one chunk fits a storage binding. */
-function rowsPerChunk(rows: number, cols: number, bytesPerElement: number): number {
-  const limit = device().info.maxStorageBufferBindingSize;
+/** Rows per chunk so that one chunk fits a storage binding (or `limit` bytes). */
+function rowsPerChunk(
+  rows: number,
+  cols: number,
+  bytesPerElement: number,
+  limitBytes?: number,
+): number {
+  const limit = Math.min(limitBytes ?? Infinity, device().info.maxStorageBufferBindingSize);
   const per = Math.floor(limit / (cols * bytesPerElement));
   return Math.min(rows, Math.max(1, per));
 }
 
 /** Uploads a raw 2-D tensor as row chunks that each fit a binding. */
-function uploadChunks(raw: RawTensor, name: string, toF32: boolean): Tensor[] {
+function uploadChunks(raw: RawTensor, name: string, toF32: boolean, chunkBytes?: number): Tensor[] {
   const [rows, cols] = raw.shape.length === 2 ? raw.shape : [1, numel(raw.shape)];
   const elem = raw.data.byteLength / Math.max(1, numel(raw.shape));
   const finalBytes = toF32 ? 4 : elem;
-  const per = raw.shape.length === 2 ? rowsPerChunk(rows, cols, Math.max(elem, finalBytes)) : rows;
+  const per = raw.shape.length === 2
+    ? rowsPerChunk(rows, cols, Math.max(elem, finalBytes), chunkBytes)
+    : rows;
   const chunks: Tensor[] = [];
   for (let r = 0; r < rows; r += per) {
     const n = Math.min(per, rows - r);
@@ -388,7 +409,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
       }
       const raw = await ckpt.read(name);
       // vectors (norms, biases) are small: always f32
-      const chunks = uploadChunks(raw, name, toF32 || shape.length === 1);
+      const chunks = uploadChunks(raw, name, toF32 || shape.length === 1, options.chunkBytes);
       if (options.trainable) chunks.forEach((t) => t.requiresGrad = true);
       parameters.push({ name, shape, chunks });
     }
