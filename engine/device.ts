@@ -92,6 +92,11 @@ export class Device {
   pooledBytes = 0;
   /** Submissions so far (for tests and benchmarks). */
   submits = 0;
+  /** Dispatches so far, by kernel label (for profiling). */
+  readonly dispatchCounts: Map<string, number> = new Map();
+  /** GPU milliseconds by kernel label, filled while profiling (timestamp-query). */
+  readonly kernelMillis: Map<string, number> = new Map();
+  #profile: { set: GPUQuerySet; labels: string[]; pending: Promise<void>[] } | null = null;
 
   private constructor(gpu: GPUDevice, info: DeviceInfo) {
     this.gpu = gpu;
@@ -231,6 +236,8 @@ export class Device {
   /** Appends one dispatch to the open command encoder. */
   dispatch(d: Dispatch): void {
     this.#check();
+    const label = d.label ?? "kernel";
+    this.dispatchCounts.set(label, (this.dispatchCounts.get(label) ?? 0) + 1);
     const pipeline = this.pipeline(d.wgsl, d.label);
     const n = Math.max(4, Math.ceil(d.params.length / 4) * 4);
     const words = new Uint32Array(n);
@@ -259,7 +266,22 @@ export class Device {
       entries,
     });
     this.#encoder ??= this.gpu.createCommandEncoder();
-    this.#pass ??= this.#encoder.beginComputePass();
+    const prof = this.#profile;
+    if (prof) {
+      // one pass per dispatch, bracketed by timestamps
+      this.#pass?.end();
+      if (prof.labels.length >= 2048) this.flush();
+      this.#encoder ??= this.gpu.createCommandEncoder();
+      const i = prof.labels.length;
+      prof.labels.push(label);
+      this.#pass = this.#encoder.beginComputePass({
+        timestampWrites: {
+          querySet: prof.set,
+          beginningOfPassWriteIndex: 2 * i,
+          endOfPassWriteIndex: 2 * i + 1,
+        },
+      });
+    } else this.#pass ??= this.#encoder.beginComputePass();
     this.#pass.setPipeline(pipeline);
     this.#pass.setBindGroup(0, bindGroup);
     const [x, y = 1, z = 1] = d.workgroups;
@@ -282,12 +304,68 @@ export class Device {
     this.#encoder.copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
   }
 
+  /**
+   * Starts (or stops) timing every dispatch on the GPU with timestamp queries,
+   * accumulating milliseconds per kernel label in `kernelMillis`. Needs the
+   * `timestamp-query` feature; slows execution (one pass per dispatch).
+   */
+  async profile(on: boolean): Promise<void> {
+    if (on && !this.info.timestampQuery) {
+      throw new DeviceError("profiling needs the timestamp-query feature");
+    }
+    this.flush();
+    if (this.#profile) await Promise.all(this.#profile.pending);
+    if (!on) {
+      this.#profile?.set.destroy();
+      this.#profile = null;
+      return;
+    }
+    this.#profile ??= {
+      set: this.gpu.createQuerySet({ type: "timestamp", count: 4096 }),
+      labels: [],
+      pending: [],
+    };
+  }
+
+  /** Encodes the resolve of this batch's timestamps; returns what to run after submit. */
+  #resolveProfile(encoder: GPUCommandEncoder): (() => void) | null {
+    const prof = this.#profile;
+    if (!prof || prof.labels.length === 0) return null;
+    this.#pass?.end();
+    this.#pass = null;
+    const n = prof.labels.length;
+    const bytes = 16 * n;
+    const resolve = this.gpu.createBuffer({
+      size: bytes,
+      usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+    });
+    const read = this.gpu.createBuffer({ size: bytes, usage: READ_USAGE });
+    encoder.resolveQuerySet(prof.set, 0, 2 * n, resolve, 0);
+    encoder.copyBufferToBuffer(resolve, 0, read, 0, bytes);
+    const labels = prof.labels;
+    prof.labels = [];
+    return () =>
+      prof.pending.push((async () => {
+        await read.mapAsync(GPUMapMode.READ);
+        const t = new BigInt64Array(read.getMappedRange());
+        labels.forEach((l, i) => {
+          const ms = Number(t[2 * i + 1] - t[2 * i]) / 1e6;
+          this.kernelMillis.set(l, (this.kernelMillis.get(l) ?? 0) + ms);
+        });
+        read.unmap();
+        read.destroy();
+        resolve.destroy();
+      })());
+  }
+
   /** Submits everything encoded so far. */
   flush(): void {
     if (!this.#encoder) return;
+    const afterSubmit = this.#resolveProfile(this.#encoder);
     this.#pass?.end();
     this.#pass = null;
     this.gpu.queue.submit([this.#encoder.finish()]);
+    afterSubmit?.();
     this.#encoder = null;
     this.#dispatches = 0;
     this.submits++;

@@ -83,3 +83,100 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
 }
 `;
 }
+
+/**
+ * The fast path: each invocation owns 8x8 outputs and reads both operands as
+ * vec4 along their contiguous axis, 4 k at a time: 16 vec4 loads feed 256
+ * FMAs. Needs the contiguous axis of A (K, or M if transA) and of B (N, or K
+ * if transB) to be a multiple of 4, and K % 4 == 0. Same params as
+ * matmulKernel. Fully unrolled into named registers: indexed arrays spill on
+ * CPU adapters.
+ */
+export function matmulVec4Kernel(transA: boolean, transB: boolean): string {
+  const W = 8; // 8x8 invocations per workgroup: a 64x64 tile
+  const R = [0, 1, 2, 3, 4, 5, 6, 7];
+  const Q = [0, 1, 2, 3];
+  const lines: string[] = [];
+  // A: a(i, kk) as a WGSL expression
+  let aAt: (i: number, kk: number) => string;
+  if (transA) {
+    // A stored (K, M): vec4 along m, a_kk_g holds rows m0+4g..m0+4g+3 at k+kk
+    for (const kk of Q) {
+      for (const g of [0, 1]) {
+        lines.push(
+          `let a_${kk}_${g} = a4[(aOff + (k + ${kk}u) * M + min(m0 + ${4 * g}u, M - 4u)) / 4u];`,
+        );
+      }
+    }
+    aAt = (i, kk) => `a_${kk}_${i >> 2}.${"xyzw"[i & 3]}`;
+  } else {
+    // A stored (M, K): vec4 along k, a_i holds a(m0+i, k..k+3)
+    for (const i of R) {
+      lines.push(`let a_${i} = a4[(aOff + min(m0 + ${i}u, M - 1u) * K + k) / 4u];`);
+    }
+    aAt = (i, kk) => `a_${i}.${"xyzw"[kk]}`;
+  }
+  if (transB) {
+    // B stored (N, K): vec4 along k per column, regrouped into rows of 4 columns
+    for (const j of R) {
+      lines.push(`let bc_${j} = b4[(bOff + min(n0 + ${j}u, N - 1u) * K + k) / 4u];`);
+    }
+    for (const kk of Q) {
+      for (const h of [0, 1]) {
+        const c = Q.map((q) => `bc_${4 * h + q}.${"xyzw"[kk]}`).join(", ");
+        lines.push(`let b_${kk}_${h} = vec4<f32>(${c});`);
+      }
+    }
+  } else {
+    // B stored (K, N): vec4 along n
+    for (const kk of Q) {
+      for (const h of [0, 1]) {
+        lines.push(
+          `let b_${kk}_${h} = b4[(bOff + (k + ${kk}u) * N + min(n0 + ${4 * h}u, N - 4u)) / 4u];`,
+        );
+      }
+    }
+  }
+  for (const kk of Q) {
+    for (const i of R) {
+      lines.push(`c_${i}_0 += ${aAt(i, kk)} * b_${kk}_0; c_${i}_1 += ${aAt(i, kk)} * b_${kk}_1;`);
+    }
+  }
+  const decl = R.map((i) => `var c_${i}_0 = vec4<f32>(0.0); var c_${i}_1 = vec4<f32>(0.0);`).join(
+    "\n  ",
+  );
+  const stores = R.map((i) =>
+    `if (m0 + ${i}u < M) { store(cOff + (m0 + ${i}u) * N, n0, N, c_${i}_0, c_${i}_1); }`
+  ).join("\n  ");
+  return /* wgsl */ `
+${paramsBlock(10)}
+@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+fn store(row: u32, n0: u32, N: u32, lo: vec4<f32>, hi: vec4<f32>) {
+  if (n0 + 8u <= N) {
+    c[row + n0] = lo.x; c[row + n0 + 1u] = lo.y; c[row + n0 + 2u] = lo.z; c[row + n0 + 3u] = lo.w;
+    c[row + n0 + 4u] = hi.x; c[row + n0 + 5u] = hi.y; c[row + n0 + 6u] = hi.z; c[row + n0 + 7u] = hi.w;
+    return;
+  }
+  for (var j = 0u; j < 8u; j++) {
+    if (n0 + j < N) { c[row + n0 + j] = select(hi[j - 4u], lo[min(j, 3u)], j < 4u); }
+  }
+}
+@compute @workgroup_size(${W}, ${W})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let M = pu(${MM.M}u); let N = pu(${MM.N}u); let K = pu(${MM.K}u);
+  let bz = wid.z;
+  let m0 = (wid.y * ${W}u + lid.y) * 8u;
+  let n0 = (wid.x * ${W}u + lid.x) * 8u;
+  if (m0 >= M || n0 >= N) { return; }
+  let aOff = bz * pu(${MM.a}u); let bOff = bz * pu(${MM.b}u);
+  ${decl}
+  for (var k = 0u; k < K; k += 4u) {
+    ${lines.join("\n    ")}
+  }
+  let cOff = bz * M * N;
+  ${stores}
+}
+`;
+}

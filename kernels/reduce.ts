@@ -3,7 +3,7 @@
  * one workgroup per output element, RW threads striding over n, then a tree.
  * @module
  */
-import { paramsBlock } from "./common.ts";
+import { flatIndex, paramsBlock, WG } from "./common.ts";
 
 export const RW = 64;
 
@@ -44,6 +44,35 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   red[lid.x] = acc;
   ${treeReduce(combine)}
   if (valid && lid.x == 0u) { out[j] = red[0]; }
+}
+`;
+}
+
+/**
+ * The same reduction with one invocation per output looping over n: cheaper
+ * than a workgroup tree when there are many outputs or short rows (and on CPU
+ * adapters, where barriers are costly). Params: outer, n, inner, count.
+ */
+export function reduceLoopKernel(op: "sum" | "max" | "sumsq"): string {
+  const init = op === "max" ? "-3.402823e38" : "0.0";
+  const step = op === "max" ? "acc = max(acc, v);" : op === "sumsq" ? "acc += v * v;" : "acc += v;";
+  return /* wgsl */ `
+${paramsBlock(4)}
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+${flatIndex}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let j = flat_index(gid, nwg);
+  let outer = pu(0u); let n = pu(1u); let inner = pu(2u);
+  if (j >= outer * inner) { return; }
+  let o = j / inner; let i = j % inner;
+  var acc = ${init};
+  for (var k = 0u; k < n; k++) {
+    let v = src[(o * n + k) * inner + i];
+    ${step}
+  }
+  out[j] = acc;
 }
 `;
 }

@@ -4,7 +4,7 @@
  * each thread keeps (m, s, t) = (max, sum e^(z-m), sum e^(z-m) z), merged in a tree.
  * @module
  */
-import { paramsBlock } from "./common.ts";
+import { flatIndex, paramsBlock, WG } from "./common.ts";
 
 export const ROW_WG = 128;
 
@@ -86,26 +86,25 @@ ${rowHeader}
 }
 `;
 
-/** dz = gH * (-p * (log p + H)), p = exp(z - lse). */
+/** dz = gH * (-p * (log p + H)), p = exp(z - lse); one invocation per element. Params: rows, V. */
 export const entropyBackwardKernel = /* wgsl */ `
-${paramsBlock(3)}
+${paramsBlock(2)}
 @group(0) @binding(1) var<storage, read> z: array<f32>;
 @group(0) @binding(2) var<storage, read> h: array<f32>;
 @group(0) @binding(3) var<storage, read> lse: array<f32>;
 @group(0) @binding(4) var<storage, read> gh: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dz: array<f32>;
-@compute @workgroup_size(${ROW_WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-  let row = wid.x + wid.y * pu(2u);
-  let rows = pu(0u); let v = pu(1u);
-  if (row >= rows) { return; }
-  let H = h[row]; let L = lse[row]; let g = gh[row];
-  for (var j = lid3.x; j < v; j += ${ROW_WG}u) {
-    let logp = z[row * v + j] - L;
-    let p = exp(logp);
-    // p * logp is 0 where p underflows (also for -inf logits).
-    dz[row * v + j] = select(-g * p * (logp + H), 0.0, p == 0.0);
-  }
+${flatIndex}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = flat_index(gid, nwg);
+  let v = pu(1u);
+  if (i >= pu(0u) * v) { return; }
+  let row = i / v;
+  let logp = z[i] - lse[row];
+  let p = exp(logp);
+  // p * logp is 0 where p underflows (also for -inf logits).
+  dz[i] = select(-gh[row] * p * (logp + h[row]), 0.0, p == 0.0);
 }
 `;
 
@@ -127,23 +126,92 @@ ${rowHeader}
 }
 `;
 
-/** dz = g * (onehot(id) - p). */
+/** dz = g * (onehot(id) - p); one invocation per element. Params: rows, V. */
 export const tokenLogProbBackwardKernel = /* wgsl */ `
-${paramsBlock(3)}
+${paramsBlock(2)}
 @group(0) @binding(1) var<storage, read> z: array<f32>;
 @group(0) @binding(2) var<storage, read> ids: array<i32>;
 @group(0) @binding(3) var<storage, read> lse: array<f32>;
 @group(0) @binding(4) var<storage, read> g: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dz: array<f32>;
-@compute @workgroup_size(${ROW_WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-  let row = wid.x + wid.y * pu(2u);
-  let rows = pu(0u); let v = pu(1u);
-  if (row >= rows) { return; }
-  let id = u32(ids[row]); let L = lse[row]; let gr = g[row];
-  for (var j = lid3.x; j < v; j += ${ROW_WG}u) {
-    let p = exp(z[row * v + j] - L);
-    dz[row * v + j] = gr * (select(0.0, 1.0, j == id) - p);
+${flatIndex}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = flat_index(gid, nwg);
+  let v = pu(1u);
+  if (i >= pu(0u) * v) { return; }
+  let row = i / v;
+  let p = exp(z[i] - lse[row]);
+  dz[i] = g[row] * (select(0.0, 1.0, i % v == u32(ids[row])) - p);
+}
+`;
+
+/** Rows at most this wide use one invocation per row (no workgroup tree). */
+export const SHORT_ROW = 512;
+
+const shortStats = /* wgsl */ `
+struct Stats { lse: f32, h: f32 }
+// logsumexp and entropy of row r, with the entropy term relative to the max
+fn stats(r: u32, v: u32) -> Stats {
+  var m = -3.402823e38;
+  for (var j = 0u; j < v; j++) { m = max(m, z[r * v + j]); }
+  var s = 0.0; var t = 0.0;
+  for (var j = 0u; j < v; j++) {
+    let d = z[r * v + j] - m;
+    let e = exp(d);
+    if (e > 0.0) { s += e; t += e * d; }
   }
+  return Stats(m + log(s), max(log(s) - t / s, 0.0));
+}
+`;
+
+const shortHeader = /* wgsl */ `
+${flatIndex}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let r = flat_index(gid, nwg);
+  let v = pu(1u);
+  if (r >= pu(0u)) { return; }
+  let st = stats(r, v);
+`;
+
+/** Short-row variants, one invocation per row. Params: rows, V. */
+export function shortSoftmaxKernel(log: boolean): string {
+  return /* wgsl */ `
+${paramsBlock(2)}
+@group(0) @binding(1) var<storage, read> z: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+${shortStats}
+${shortHeader}
+  for (var j = 0u; j < v; j++) {
+    let y = z[r * v + j] - st.lse;
+    out[r * v + j] = ${log ? "y" : "exp(y)"};
+  }
+}
+`;
+}
+
+export const shortEntropyForwardKernel = /* wgsl */ `
+${paramsBlock(2)}
+@group(0) @binding(1) var<storage, read> z: array<f32>;
+@group(0) @binding(2) var<storage, read_write> h: array<f32>;
+@group(0) @binding(3) var<storage, read_write> lse_out: array<f32>;
+${shortStats}
+${shortHeader}
+  h[r] = st.h;
+  lse_out[r] = st.lse;
+}
+`;
+
+export const shortTokenLogProbForwardKernel = /* wgsl */ `
+${paramsBlock(2)}
+@group(0) @binding(1) var<storage, read> z: array<f32>;
+@group(0) @binding(2) var<storage, read> ids: array<i32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> lse_out: array<f32>;
+${shortStats}
+${shortHeader}
+  out[r] = z[r * v + u32(ids[r])] - st.lse;
+  lse_out[r] = st.lse;
 }
 `;

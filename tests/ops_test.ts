@@ -147,6 +147,15 @@ const matmulCases: [number[], number[], ops.MatmulOptions][] = [
   [[2, 3, 5], [4, 5], { transB: true }],
   [[2, 5, 3], [5, 4], { transA: true }],
   [[2, 5, 3], [4, 5], { transA: true, transB: true }],
+  // the vec4 8x8 path (contiguous axes and K multiples of 4), odd M/N at the edges
+  [[17, 12], [12, 20], {}],
+  [[12, 20], [12, 68], { transA: true }],
+  [[17, 12], [13, 12], { transB: true }],
+  [[12, 20], [13, 12], { transA: true, transB: true }],
+  [[67, 132], [132, 72], {}],
+  [[2, 17, 8], [2, 8, 12], {}],
+  [[3, 5, 8], [8, 12], {}],
+  [[3, 5, 8], [9, 8], { transB: true }],
 ];
 for (const [a, b, o] of matmulCases) {
   cases.push({
@@ -154,6 +163,8 @@ for (const [a, b, o] of matmulCases) {
     inputs: [U(a), U(b)],
     gpu: ([x, y]) => ops.matmul(x, y, o),
     ref: ([x, y]) => matmulReference(x, y, o),
+    // finite differences at sampled coordinates for the large case
+    fdSamples: a.reduce((p, d) => p * d, 1) > 2000 ? 60 : undefined,
   });
 }
 
@@ -178,6 +189,23 @@ for (const shape of [[3, 17], [1, 130], [2, 3, 5], [4, 1]]) {
     ref: ([x]) => sm.entropy(x),
   });
 }
+// rows wider than SHORT_ROW take the one-workgroup-per-row kernels
+for (const op of ["softmax", "logSoftmax", "entropy"] as const) {
+  cases.push({
+    name: `${op}() [3, 700] (workgroup per row)`,
+    inputs: [U([3, 700])],
+    gpu: ([x]) => ops[op](x),
+    ref: ([x]) => sm[op](x),
+    fdSamples: 40,
+  });
+}
+cases.push({
+  name: "tokenLogProb() [2, 700] (workgroup per row)",
+  inputs: [U([2, 700])],
+  gpu: ([x]) => ops.tokenLogProb(x, Tensor.from([699, 3], [2], { dtype: "i32" })),
+  ref: ([x]) => sm.tokenLogProb(x, [699, 3]),
+  fdSamples: 40,
+});
 {
   const ids = [4, 0, 129, 77, 16];
   cases.push({

@@ -153,15 +153,23 @@ Deno.test({
       loss.dispose();
     }
     assertClose(losses, toFloat32(b.tensors.get("losses")!), { atol: 1e-5, rtol: 1e-5 }, "losses");
-    // Adam divides each gradient by its own running RMS, so f32 rounding in a
-    // near-zero gradient can move that one weight by a visible fraction of lr.
-    // Every weight must be within 2e-5 (2% of one lr step) and 99.9% within 1e-6.
+    // Adam divides each gradient by its own running RMS: where a gradient is
+    // near zero (|g| ~ eps), f32 summation order alone moves that weight by a
+    // fraction of lr (seen: 13 of 119360 weights, up to 5e-5, after a matmul
+    // kernel change that only reordered sums). So: 99.9% of weights within
+    // 1e-6, and every weight within 0.1 lr. A wrong step (bias correction,
+    // decay, moments) moves all weights by far more than 1e-6.
     let total = 0;
     let loose = 0;
     for (const p of model.parameters) {
       const want = toFloat32(b.tensors.get(`param.${p.name}`)!);
       const got = await p.chunks[0].toArray();
-      assertClose(got, want, { atol: 2e-5, rtol: 0 }, `param ${p.name} after ${meta.steps} steps`);
+      assertClose(
+        got,
+        want,
+        { atol: 0.1 * Number(meta.lr), rtol: 0 },
+        `param ${p.name} after ${meta.steps} steps`,
+      );
       total += got.length;
       got.forEach((v, i) => loose += Math.abs(v - want[i]) > 1e-6 ? 1 : 0);
     }

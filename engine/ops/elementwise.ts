@@ -190,8 +190,16 @@ export const maxScalar = (x: Tensor, s: number): Tensor => scalarOp("maxScalar",
 
 export interface BinaryDef {
   expr: string;
-  /** Gradients at the broadcast output shape; reduced to each input's shape afterwards. */
-  backward: (g: Tensor, a: Tensor, b: Tensor) => [Tensor | null, Tensor | null];
+  /**
+   * Gradients at the broadcast output shape (reduced to each input's shape
+   * afterwards); `need` says which inputs require one, so no work is wasted.
+   */
+  backward: (
+    g: Tensor,
+    a: Tensor,
+    b: Tensor,
+    need: [boolean, boolean],
+  ) => [Tensor | null, Tensor | null];
   reference: (a: number, b: number) => number;
 }
 
@@ -199,12 +207,25 @@ export type BinaryOp = "add" | "sub" | "mul" | "div" | "maximum";
 
 export const binaryOps: { [K in BinaryOp]: BinaryDef } = {
   add: { expr: "a + b", backward: (g) => [g, g], reference: (a, b) => a + b },
-  sub: { expr: "a - b", backward: (g) => [g, neg(g)], reference: (a, b) => a - b },
-  mul: { expr: "a * b", backward: (g, a, b) => [mul(g, b), mul(g, a)], reference: (a, b) => a * b },
+  sub: {
+    expr: "a - b",
+    backward: (g, _a, _b, [, nb]) => [g, nb ? neg(g) : null],
+    reference: (a, b) => a - b,
+  },
+  mul: {
+    expr: "a * b",
+    backward: (g, a, b, [na, nb]) => [na ? mul(g, b) : null, nb ? mul(g, a) : null],
+    reference: (a, b) => a * b,
+  },
   // d/da = 1/b, d/db = -a/b^2
   div: {
     expr: "a / b",
-    backward: (g, a, b) => [div(g, b), neg(div(mul(g, a), mul(b, b)))],
+    backward: (
+      g,
+      a,
+      b,
+      [na, nb],
+    ) => [na ? div(g, b) : null, nb ? neg(div(mul(g, a), mul(b, b))) : null],
     reference: (a, b) => a / b,
   },
   // gradient to the larger input (to a on ties)
@@ -225,8 +246,9 @@ function binary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
     op,
     inputs: [a, b],
     backward: (g) => {
-      const [ga, gb] = def.backward(g, a, b);
-      return [ga && sumTo(ga, a.shape), gb && sumTo(gb, b.shape)];
+      const need: [boolean, boolean] = [a.requiresGrad, b.requiresGrad];
+      const [ga, gb] = def.backward(g, a, b, need);
+      return [need[0] && ga ? sumTo(ga, a.shape) : null, need[1] && gb ? sumTo(gb, b.shape) : null];
     },
   });
 }

@@ -4,7 +4,7 @@
  * or 2-D and shared by every batch. out: (..., M, N).
  * @module
  */
-import { matmulKernel, MM } from "../../kernels/matmul.ts";
+import { matmulKernel, matmulVec4Kernel, MM } from "../../kernels/matmul.ts";
 import { device } from "../device.ts";
 import { numel, record, Tensor } from "../tensor.ts";
 import { memo } from "./_launch.ts";
@@ -12,6 +12,7 @@ import type { NDArray } from "./_reference.ts";
 import { sum } from "./reduce.ts";
 
 const kernel = memo(matmulKernel);
+const vec4Kernel = memo(matmulVec4Kernel);
 
 export interface MatmulOptions {
   transA?: boolean;
@@ -47,29 +48,72 @@ function matmulRaw(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tens
   }
   const out = Tensor.empty([...batchShape, M, N]);
   if (out.size === 0) return out;
+  // b shared by every batch and a row-major: one (batch*M, K) product fills the grid better
+  const fold = bBatch === 1 && aBatch > 1 && !transA;
+  launchMatmul(
+    a,
+    b,
+    out,
+    fold ? M * aBatch : M,
+    N,
+    K,
+    fold ? 1 : batch,
+    fold ? 1 : aBatch,
+    bBatch,
+    transA,
+    transB,
+  );
+  return out;
+}
+
+function launchMatmul(
+  a: Tensor,
+  b: Tensor,
+  out: Tensor,
+  M: number,
+  N: number,
+  K: number,
+  batch: number,
+  aBatch: number,
+  bBatch: number,
+  transA: boolean,
+  transB: boolean,
+): void {
   const sa = transA ? [1, M] : [K, 1]; // (m, k) strides
   const sb = transB ? [1, K] : [N, 1]; // (k, n) strides
+  const params = [
+    M,
+    N,
+    K,
+    batch,
+    aBatch === 1 ? 0 : M * K,
+    sa[0],
+    sa[1],
+    bBatch === 1 ? 0 : K * N,
+    sb[0],
+    sb[1],
+  ];
+  const buffers = [a.buffer, b.buffer, out.buffer];
+  // vec4 fast path: the contiguous axis of each operand and K are multiples of 4
+  if (b.dtype === "f32" && K % 4 === 0 && (!transA || M % 4 === 0) && (transB || N % 4 === 0)) {
+    device().dispatch({
+      wgsl: vec4Kernel(transA, transB),
+      buffers,
+      params,
+      workgroups: [Math.ceil(N / 64), Math.ceil(M / 64), batch],
+      label: "matmul",
+    });
+    return;
+  }
   const vecB = b.dtype === "f32" && !transB && N % 4 === 0;
   const { tm, tn, wx, wy } = MM.tile;
   device().dispatch({
     wgsl: kernel(vecB, b.dtype as "f32" | "bf16" | "f16"),
-    buffers: [a.buffer, b.buffer, out.buffer],
-    params: [
-      M,
-      N,
-      K,
-      batch,
-      aBatch === 1 ? 0 : M * K,
-      sa[0],
-      sa[1],
-      bBatch === 1 ? 0 : K * N,
-      sb[0],
-      sb[1],
-    ],
+    buffers,
+    params,
     workgroups: [Math.ceil(N / (tn * wx)), Math.ceil(M / (tm * wy)), batch],
     label: "matmul",
   });
-  return out;
 }
 
 /** Matrix product of the last two axes, batched over the leading ones. */

@@ -1,13 +1,14 @@
 /** Reductions over an axis: sum, mean, max; and sumTo for broadcast gradients. @module */
-import { reduceKernel } from "../../kernels/reduce.ts";
+import { reduceKernel, reduceLoopKernel } from "../../kernels/reduce.ts";
 import { numel, record, Tensor } from "../tensor.ts";
-import { launchRows, memo } from "./_launch.ts";
+import { launch1d, launchRows, memo } from "./_launch.ts";
 import { type NDArray, reduceAxis } from "./_reference.ts";
 import { normAxis, sameShape } from "./_shape.ts";
 import { equal, mul, mulScalar } from "./elementwise.ts";
 import { broadcastTo, reshape } from "./shape.ts";
 
 const kernel = memo(reduceKernel);
+const loopKernel = memo(reduceLoopKernel);
 
 /** Reduces x viewed as (outer, n, inner) over n; no tape. */
 function reduceRaw(op: "sum" | "max" | "sumsq", x: Tensor, axis: number, keepdim: boolean): Tensor {
@@ -19,7 +20,11 @@ function reduceRaw(op: "sum" | "max" | "sumsq", x: Tensor, axis: number, keepdim
     ? x.shape.map((d, i) => (i === axis ? 1 : d))
     : x.shape.filter((_, i) => i !== axis);
   const out = Tensor.empty(shape);
-  launchRows(kernel(op), [x, out], [outer, n, inner], outer * inner, op);
+  const outputs = outer * inner;
+  // a workgroup tree only pays off for few, long rows
+  if (outputs >= 256 || n <= 1024) {
+    launch1d(loopKernel(op), [x, out], [outer, n, inner, outputs], outputs, op);
+  } else launchRows(kernel(op), [x, out], [outer, n, inner], outputs, op);
   return out;
 }
 

@@ -7,18 +7,36 @@
 import {
   entropyBackwardKernel,
   entropyForwardKernel,
+  SHORT_ROW,
+  shortEntropyForwardKernel,
+  shortSoftmaxKernel,
+  shortTokenLogProbForwardKernel,
   softmaxKernel,
   tokenLogProbBackwardKernel,
   tokenLogProbForwardKernel,
 } from "../../kernels/rows.ts";
 import { record, Tensor } from "../tensor.ts";
-import { launchRows, memo } from "./_launch.ts";
+import { launch1d, launchRows, memo } from "./_launch.ts";
 import { logSumExp, mapRows, type NDArray } from "./_reference.ts";
 import { mul, sub } from "./elementwise.ts";
 import { sum } from "./reduce.ts";
 import { exp } from "./elementwise.ts";
 
 const softmaxSource = memo(softmaxKernel);
+const shortSoftmaxSource = memo(shortSoftmaxKernel);
+
+/** Launches a row kernel: one invocation per row when rows are short, else one workgroup per row. */
+function launchRowOp(
+  long: string,
+  short: string,
+  tensors: Tensor[],
+  rows: number,
+  v: number,
+  label: string,
+): void {
+  if (v <= SHORT_ROW) launch1d(short, tensors, [rows, v], rows, label);
+  else launchRows(long, tensors, [rows, v], rows, label);
+}
 
 function rowsOf(x: Tensor, op: string): [number, number] {
   if (x.dtype !== "f32") throw new Error(`${op}: expects f32 logits, got ${x.dtype}`);
@@ -31,7 +49,7 @@ function rowsOf(x: Tensor, op: string): [number, number] {
 export function softmax(x: Tensor): Tensor {
   const [rows, v] = rowsOf(x, "softmax");
   const y = Tensor.empty(x.shape);
-  launchRows(softmaxSource(false), [x, y], [rows, v], rows, "softmax");
+  launchRowOp(softmaxSource(false), shortSoftmaxSource(false), [x, y], rows, v, "softmax");
   return record(y, {
     op: "softmax",
     inputs: [x],
@@ -44,7 +62,7 @@ export function softmax(x: Tensor): Tensor {
 export function logSoftmax(x: Tensor): Tensor {
   const [rows, v] = rowsOf(x, "logSoftmax");
   const y = Tensor.empty(x.shape);
-  launchRows(softmaxSource(true), [x, y], [rows, v], rows, "log_softmax");
+  launchRowOp(softmaxSource(true), shortSoftmaxSource(true), [x, y], rows, v, "log_softmax");
   return record(y, {
     op: "logSoftmax",
     inputs: [x],
@@ -61,7 +79,14 @@ export function entropy(logits: Tensor): Tensor {
   const [rows, v] = rowsOf(logits, "entropy");
   const h = Tensor.empty(logits.shape.slice(0, -1));
   const lse = Tensor.empty([rows]);
-  launchRows(entropyForwardKernel, [logits, h, lse], [rows, v], rows, "entropy");
+  launchRowOp(
+    entropyForwardKernel,
+    shortEntropyForwardKernel,
+    [logits, h, lse],
+    rows,
+    v,
+    "entropy",
+  );
   return record(h, {
     op: "entropy",
     inputs: [logits],
@@ -69,7 +94,7 @@ export function entropy(logits: Tensor): Tensor {
     // dH/dz = -p * (log p + H)
     backward: (g) => {
       const dz = Tensor.empty(logits.shape);
-      launchRows(entropyBackwardKernel, [logits, h, lse, g, dz], [rows, v], rows, "entropy_bwd");
+      launch1d(entropyBackwardKernel, [logits, h, lse, g, dz], [rows, v], rows * v, "entropy_bwd");
       return [dz];
     },
   });
@@ -85,7 +110,14 @@ export function tokenLogProb(logits: Tensor, ids: Tensor): Tensor {
   }
   const out = Tensor.empty(logits.shape.slice(0, -1));
   const lse = Tensor.empty([rows]);
-  launchRows(tokenLogProbForwardKernel, [logits, ids, out, lse], [rows, v], rows, "token_logprob");
+  launchRowOp(
+    tokenLogProbForwardKernel,
+    shortTokenLogProbForwardKernel,
+    [logits, ids, out, lse],
+    rows,
+    v,
+    "token_logprob",
+  );
   return record(out, {
     op: "tokenLogProb",
     inputs: [logits],
@@ -94,11 +126,11 @@ export function tokenLogProb(logits: Tensor, ids: Tensor): Tensor {
     // d/dz = g * (onehot(id) - p)
     backward: (g) => {
       const dz = Tensor.empty(logits.shape);
-      launchRows(
+      launch1d(
         tokenLogProbBackwardKernel,
         [logits, ids, lse, g, dz],
         [rows, v],
-        rows,
+        rows * v,
         "token_logprob_bwd",
       );
       return [dz];
