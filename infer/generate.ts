@@ -5,7 +5,7 @@
  * @module
  */
 import type { QwenModel } from "../engine/model/qwen.ts";
-import { reshape, slice } from "../engine/ops/mod.ts";
+import { entropy, reshape, slice } from "../engine/ops/mod.ts";
 import { Rng } from "../engine/random.ts";
 import { keep, noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
@@ -24,6 +24,8 @@ export interface GenerateOptions extends SamplingOptions {
   /** Called after every step with the new id of each row (-1 where already finished). */
   onStep?: (ids: number[], step: number) => void;
   logitsProcessor?: LogitsProcessor;
+  /** Also return, per generated token, the entropy of the model's next-token distribution (temperature 1, after any logitsProcessor), computed on the GPU and read once at the end. */
+  returnEntropies?: boolean;
 }
 
 export interface GenerateResult {
@@ -34,6 +36,8 @@ export interface GenerateResult {
   /** The padded prompt length P (prompts occupy columns [0, P)). */
   promptLength: number;
   steps: number;
+  /** With returnEntropies: per sequence, the entropy of the distribution each generated token was drawn from. */
+  entropies?: number[][];
 }
 
 /** Left-pads prompts to a common length: ids and mask (B, P), row-major. */
@@ -90,6 +94,7 @@ export async function generate(
   }, []);
   let input: Tensor = keep(Tensor.from(ids, [B, P], { dtype: "i32" }));
   let steps = 0;
+  const stepEntropies: Tensor[] = [];
   try {
     for (let step = 0; step < maxNew; step++) {
       const T = input.shape[1];
@@ -99,6 +104,7 @@ export async function generate(
           const logits = model.forward(input, { attentionMask: maskFlat, cache }); // (B, T, V)
           let last = reshape(slice(logits, 1, T - 1, T), [B, vocab]); // (B, V)
           if (options.logitsProcessor) last = options.logitsProcessor(last, step);
+          if (options.returnEntropies) stepEntropies.push(keep(entropy(last)));
           return sampleTokens(last, options, drawUniforms(rng, B));
         })
       );
@@ -121,5 +127,11 @@ export async function generate(
     input.dispose();
     cache.dispose();
   }
-  return { tokens, finished, promptLength: P, steps };
+  let entropies: number[][] | undefined;
+  if (options.returnEntropies) {
+    const all = await Promise.all(stepEntropies.map((t) => t.toArray()));
+    stepEntropies.forEach((t) => t.dispose());
+    entropies = tokens.map((row, b) => row.map((_, s) => all[s][b]));
+  }
+  return { tokens, finished, promptLength: P, steps, entropies };
 }

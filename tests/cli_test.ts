@@ -1,6 +1,7 @@
 import { assert, assertEquals } from "@std/assert";
 
 const CLI = new URL("../train/cli.ts", import.meta.url).pathname;
+const HF = new URL("./fixtures/hf/", import.meta.url).pathname;
 
 async function run(args: string[], env: Record<string, string> = {}) {
   const out = await new Deno.Command(Deno.execPath(), {
@@ -21,17 +22,53 @@ Deno.test("train CLI without a WebGPU adapter says what to install, with no stac
   assert(!r.stderr.includes("    at "), `no stack trace: ${r.stderr}`);
 });
 
-Deno.test("train CLI rejects a bad flag value naming the flag", async () => {
-  const r = await run(["--lr=-3"]);
-  assertEquals(r.code, 2);
-  assert(r.stderr.includes("--lr must be a positive number"), r.stderr);
-  const u = await run(["--nope"]);
-  assertEquals(u.code, 2);
-  assert(u.stderr.includes("nope"), u.stderr);
+Deno.test("train CLI rejects bad flags naming the flag", async () => {
+  for (
+    const [args, message] of [
+      [["--lr=-3"], "--lr must be a positive number"],
+      [["--steps", "1.5"], "--steps must be a positive integer"],
+      [["--method", "rl"], "--method must be em-ft or sft"],
+      [["--reduce", "max"], "--reduce must be mean or sum"],
+      [["--top-p", "0"], "--top-p must be in (0, 1]"],
+      [["--resume"], "--resume needs --out"],
+      [["--nope"], "nope"],
+    ] as [string[], string][]
+  ) {
+    const r = await run(args);
+    assertEquals(r.code, 2, `${args}: ${r.stderr}`);
+    assert(r.stderr.includes(message), `${args}: ${r.stderr}`);
+  }
 });
 
-Deno.test("train CLI demo runs a few steps and reports the loss", async () => {
-  const r = await run(["--steps", "30", "--batch", "64"]);
-  assertEquals(r.code, 0, r.stderr);
-  assert(/loss [\d.]+ -> [\d.]+; held-out accuracy/.test(r.stdout), r.stdout);
+Deno.test("train CLI names a missing data file, a bad JSONL line and a model without a tokenizer", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cli_test_" });
+  const missing = await run([
+    "--model",
+    `${HF}qwen2-tiny`,
+    "--data",
+    `${dir}/nope.jsonl`,
+    "--out",
+    `${dir}/o`,
+  ]);
+  assertEquals(missing.code, 1);
+  assert(missing.stderr.includes(`${HF}qwen2-tiny/tokenizer.json not found`), missing.stderr);
+  const tok = `${dir}/m`;
+  await Deno.mkdir(tok);
+  const data = `${dir}/d.jsonl`;
+  await Deno.writeTextFile(data, '{"prompt": "1+1="}\n{"question": "x"}\n');
+  const demoModel = new URL("../train/demo/model", import.meta.url).pathname;
+  const bad = await run(["--model", demoModel, "--data", data, "--out", `${dir}/o`]);
+  assertEquals(bad.code, 1);
+  assert(bad.stderr.includes(`${data}:2: "prompt" must be a non-empty string`), bad.stderr);
+  const none = await run([
+    "--model",
+    demoModel,
+    "--data",
+    `${dir}/nope.jsonl`,
+    "--out",
+    `${dir}/o`,
+  ]);
+  assertEquals(none.code, 1);
+  assert(none.stderr.includes(`${dir}/nope.jsonl: cannot read`), none.stderr);
+  await Deno.remove(dir, { recursive: true });
 });

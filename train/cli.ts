@@ -1,69 +1,208 @@
 /**
- * `deno task train`: until EM-FT lands, the engine demo (an MLP learning three
- * spirals on the GPU). Flags: --steps --hidden --lr --batch --seed --help.
+ * `deno task train`: EM-FT (or SFT) of a Qwen checkpoint. With no arguments,
+ * the embedded demo: EM-FT of the shipped arithmetic model on unlabeled
+ * prompts from the task generator, with a before/after table on held-out
+ * problems.
  * @module
  */
 import { parseArgs } from "@std/cli";
 import { initDevice, WebGPUUnavailableError } from "../engine/device.ts";
-import { runMlpDemo } from "./mlp_demo.ts";
+import { loadModel, type QwenModel } from "../engine/model/qwen.ts";
+import { DEMO_MAX_NEW_TOKENS, heldOutProblems } from "./demo/arith.ts";
+import { accuracy, type DemoScores, evaluateDemo } from "./demo/evaluate.ts";
+import {
+  DEMO_HELD_OUT,
+  DemoSource,
+  type ExampleSource,
+  readJsonl,
+  ShuffledSource,
+} from "./data.ts";
+import { DEFAULTS, DivergedError, train, type TrainOptions } from "./trainer.ts";
+
+/** The shipped demo model (never written to). */
+export const DEMO_MODEL = new URL("./demo/model", import.meta.url).pathname;
+
+/** Settings of the no-argument demo (see README: chosen to finish in about 5 minutes on 2 CPU cores). */
+export const DEMO_DEFAULTS: Partial<TrainOptions> = {
+  method: "em-ft",
+  steps: 30,
+  batchSize: 32,
+  nSamples: 4,
+  microBatch: 128,
+  lr: 1e-4,
+  maxNewTokens: DEMO_MAX_NEW_TOKENS,
+  temperature: 1,
+  topP: 1,
+  weightDecay: 0,
+  clip: 1,
+};
 
 const HELP = `deno task train [flags]
 
-Trains a small MLP on three interleaved spirals with the engine's WebGPU
-kernels (autograd, AdamW, clipping) and prints the loss falling.
+EM-FT: sample responses to unlabeled prompts from the model, then minimise the
+token entropy of its own next-token distributions over the responses.
+SFT: cross-entropy on labeled prompt/answer pairs (prompt masked).
+With no --model and no --data: the embedded demo (EM-FT of the shipped
+arithmetic model, before/after table on ${DEMO_HELD_OUT} held-out problems).
 
-  --steps N    optimizer steps (default 300)
-  --hidden N   hidden width (default 64)
-  --lr X       AdamW learning rate (default 0.01)
-  --batch N    points per step (default 256)
-  --seed N     random seed (default 0)
-  --help       this text`;
+  --method em-ft|sft       objective (default em-ft)
+  --model DIR              Hugging Face Qwen checkpoint directory (default: the demo model)
+  --data FILE.jsonl        {"prompt": ..., "answer"?: ...} per line (default: the demo task generator)
+  --out DIR                output directory: metrics.jsonl, checkpoint/, best/ (default runs/<method>-<time>)
+  --steps N                optimizer steps (default ${DEFAULTS.steps}; demo ${DEMO_DEFAULTS.steps})
+  --batch-size N           prompts per step (default ${DEFAULTS.batchSize})
+  --n-samples N            EM-FT responses per prompt (default ${DEFAULTS.nSamples})
+  --micro-batch N          sequences per forward/backward; gradients accumulate (default ${DEFAULTS.microBatch})
+  --lr X                   AdamW learning rate (default ${DEFAULTS.lr})
+  --warmup N               linear warm-up steps (default 0)
+  --schedule constant|cosine   after warm-up (default constant)
+  --weight-decay X         AdamW weight decay (default ${DEFAULTS.weightDecay})
+  --clip X                 gradient clipping by global norm (default ${DEFAULTS.clip})
+  --reduce mean|sum        EM-FT: mean over response tokens, or sum per sequence (default mean)
+  --max-new-tokens N       response length limit when sampling (default ${DEFAULTS.maxNewTokens}; demo ${DEMO_MAX_NEW_TOKENS})
+  --temperature T          sampling temperature (default 1)
+  --top-p P                sampling nucleus mass (default 1)
+  --chat                   render prompts with the model's chat template
+  --seed N                 random seed (default 0)
+  --eval-every N           evaluate every N steps (demo task; default 0 = start and end only)
+  --save-every N           checkpoint every N steps (default 0 = at the end)
+  --target-accuracy X      demo task: stop once greedy accuracy on the validation set reaches X
+  --resume                 continue from OUT/checkpoint with its optimizer state
+  --help                   this text`;
 
-function positive(
-  flags: Record<string, unknown>,
+const STRING_FLAGS = [
+  "method",
+  "model",
+  "data",
+  "out",
+  "steps",
+  "batch-size",
+  "n-samples",
+  "micro-batch",
+  "lr",
+  "warmup",
+  "schedule",
+  "weight-decay",
+  "clip",
+  "reduce",
+  "max-new-tokens",
+  "temperature",
+  "top-p",
+  "seed",
+  "eval-every",
+  "save-every",
+  "target-accuracy",
+];
+
+type Flags = Record<string, string | boolean | string[] | undefined>;
+
+function number(
+  flags: Flags,
   name: string,
   fallback: number,
-  integer = true,
+  check: (v: number) => boolean,
+  what: string,
 ): number {
   const raw = flags[name];
   if (raw === undefined) return fallback;
   const v = Number(raw);
-  if (!Number.isFinite(v) || v <= 0 || (integer && !Number.isInteger(v))) {
-    throw new Error(`--${name} must be a positive ${integer ? "integer" : "number"}, got "${raw}"`);
+  if (typeof raw !== "string" || raw.trim() === "" || !Number.isFinite(v) || !check(v)) {
+    throw new Error(`--${name} must be ${what}, got "${raw}"`);
   }
   return v;
 }
 
+const positiveInt = (v: number) => Number.isInteger(v) && v > 0;
+const nonNegativeInt = (v: number) => Number.isInteger(v) && v >= 0;
+
+function stamp(): string {
+  return new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
+}
+
+/** Parses flags into options; throws naming the flag. */
+export function parseTrainFlags(
+  args: string[],
+): { options: TrainOptions; flags: Flags; demo: boolean } {
+  const flags = parseArgs(args, {
+    string: STRING_FLAGS,
+    boolean: ["chat", "resume", "help"],
+  }) as Flags;
+  const demo = flags.model === undefined && flags.data === undefined;
+  const base: TrainOptions = { ...DEFAULTS, ...(demo ? DEMO_DEFAULTS : {}) };
+  const method = (flags.method ?? base.method) as string;
+  if (method !== "em-ft" && method !== "sft") {
+    throw new Error(`--method must be em-ft or sft, got "${method}"`);
+  }
+  const schedule = (flags.schedule ?? base.schedule) as string;
+  if (schedule !== "constant" && schedule !== "cosine") {
+    throw new Error(`--schedule must be constant or cosine, got "${schedule}"`);
+  }
+  const reduce = (flags.reduce ?? base.reduce) as string;
+  if (reduce !== "mean" && reduce !== "sum") {
+    throw new Error(`--reduce must be mean or sum, got "${reduce}"`);
+  }
+  const options: TrainOptions = {
+    method,
+    steps: number(flags, "steps", base.steps, positiveInt, "a positive integer"),
+    batchSize: number(flags, "batch-size", base.batchSize, positiveInt, "a positive integer"),
+    nSamples: number(flags, "n-samples", base.nSamples, positiveInt, "a positive integer"),
+    microBatch: number(flags, "micro-batch", base.microBatch, positiveInt, "a positive integer"),
+    lr: number(flags, "lr", base.lr, (v) => v > 0, "a positive number"),
+    warmup: number(flags, "warmup", base.warmup, nonNegativeInt, "an integer >= 0"),
+    schedule,
+    weightDecay: number(flags, "weight-decay", base.weightDecay, (v) => v >= 0, "a number >= 0"),
+    clip: number(flags, "clip", base.clip, (v) => v > 0, "a positive number"),
+    reduce,
+    maxNewTokens: number(
+      flags,
+      "max-new-tokens",
+      base.maxNewTokens,
+      positiveInt,
+      "a positive integer",
+    ),
+    temperature: number(flags, "temperature", base.temperature, (v) => v > 0, "a positive number"),
+    topP: number(flags, "top-p", base.topP, (v) => v > 0 && v <= 1, "in (0, 1]"),
+    seed: number(flags, "seed", base.seed, Number.isInteger, "an integer"),
+    evalEvery: number(flags, "eval-every", base.evalEvery, nonNegativeInt, "an integer >= 0"),
+    saveEvery: number(flags, "save-every", base.saveEvery, nonNegativeInt, "an integer >= 0"),
+    chat: flags.chat === true,
+    outDir: typeof flags.out === "string"
+      ? flags.out
+      : `runs/${demo ? "em-ft-demo" : method}-${stamp()}`,
+  };
+  if (flags.resume && typeof flags.out !== "string") {
+    throw new Error("--resume needs --out DIR (the run to continue)");
+  }
+  number(flags, "target-accuracy", 0, (v) => v > 0 && v <= 1, "in (0, 1]");
+  return { options, flags, demo };
+}
+
+function table(before: DemoScores, after: DemoScores): string {
+  const row = (name: string, a: number, b: number, pct = true) =>
+    `| ${name.padEnd(30)} | ${(pct ? (100 * a).toFixed(1) + "%" : a.toFixed(3)).padStart(7)} | ${
+      (pct ? (100 * b).toFixed(1) + "%" : b.toFixed(3)).padStart(7)
+    } |`;
+  return [
+    `| ${"held-out problems: " + DEMO_HELD_OUT} | before  | after   |`,
+    "| ------------------------------ | ------- | ------- |",
+    row("accuracy, greedy", before.greedyAccuracy, after.greedyAccuracy),
+    row("accuracy, sampling T=1", before.sampleAccuracy, after.sampleAccuracy),
+    row("mean token entropy (nats)", before.entropy, after.entropy, false),
+  ].join("\n");
+}
+
 export async function main(args: string[]): Promise<number> {
-  let flags;
+  let parsed;
   try {
-    flags = parseArgs(args, {
-      string: ["steps", "hidden", "lr", "batch", "seed"],
-      boolean: ["help"],
-    });
+    parsed = parseTrainFlags(args);
   } catch (e) {
-    console.error(`error: ${(e as Error).message}\n\n${HELP}`);
+    console.error(`error: ${(e as Error).message}\n\nRun with --help for the flags.`);
     return 2;
   }
+  const { options, flags, demo } = parsed;
   if (flags.help) {
     console.log(HELP);
     return 0;
-  }
-  let options;
-  try {
-    options = {
-      steps: positive(flags, "steps", 300),
-      hidden: positive(flags, "hidden", 64),
-      lr: positive(flags, "lr", 0.01, false),
-      batch: positive(flags, "batch", 256),
-      seed: flags.seed === undefined ? 0 : Number(flags.seed),
-    };
-    if (!Number.isInteger(options.seed)) {
-      throw new Error(`--seed must be an integer, got "${flags.seed}"`);
-    }
-  } catch (e) {
-    console.error(`error: ${(e as Error).message}`);
-    return 2;
   }
   try {
     const dev = await initDevice();
@@ -75,12 +214,97 @@ export async function main(args: string[]): Promise<number> {
     }
     throw e;
   }
-  const r = await runMlpDemo(options);
+  const useDemoTask = flags.data === undefined;
+  const checkpointDir = `${options.outDir}/checkpoint`;
+  let model: QwenModel;
+  let source: ExampleSource;
+  try {
+    if (flags.resume) {
+      try {
+        await Deno.stat(`${checkpointDir}/trainer_state.json`);
+      } catch {
+        throw new Error(
+          `--resume: ${checkpointDir}/trainer_state.json not found (no checkpoint to resume)`,
+        );
+      }
+    }
+    const modelDir = flags.resume
+      ? checkpointDir
+      : typeof flags.model === "string"
+      ? flags.model
+      : DEMO_MODEL;
+    model = await loadModel(modelDir, { trainable: true });
+    if (!model.tokenizer) {
+      throw new Error(`${modelDir}/tokenizer.json not found: training needs the model's tokenizer`);
+    }
+    if (useDemoTask) {
+      if (model.config.vocabSize !== 15) {
+        throw new Error(
+          `the demo task needs the demo vocabulary (15 tokens); ${modelDir} has vocab_size ${model.config.vocabSize}. Pass --data FILE.jsonl`,
+        );
+      }
+      source = new DemoSource(options.seed);
+    } else {
+      const examples = await readJsonl(flags.data as string, {
+        requireAnswer: options.method === "sft",
+      });
+      source = new ShuffledSource(flags.data as string, examples, options.seed);
+    }
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    return 1;
+  }
+  const target = flags["target-accuracy"] === undefined ? null : Number(flags["target-accuracy"]);
+  const validation = heldOutProblems(DEMO_HELD_OUT).slice(0, 200);
+  const heldOut = heldOutProblems(DEMO_HELD_OUT);
+  let before: DemoScores | null = null;
+  if (demo && !flags.resume) {
+    console.log(
+      `demo: EM-FT of ${DEMO_MODEL} on unlabeled arithmetic prompts; evaluating on ${DEMO_HELD_OUT} held-out problems first`,
+    );
+    before = await evaluateDemo(model, heldOut, options.seed);
+  }
   console.log(
-    `loss ${r.firstLoss.toFixed(4)} -> ${r.lastLoss.toFixed(4)}; held-out accuracy ${
-      (100 * r.accuracy).toFixed(1)
-    }% (chance 33.3%)`,
+    `${options.method} for ${options.steps} steps: ${options.batchSize} prompts/step` +
+      (options.method === "em-ft" ? ` x ${options.nSamples} samples` : "") +
+      `, lr ${options.lr}, output ${options.outDir}`,
   );
+  try {
+    const result = await train(model, source, options, {
+      evaluate: useDemoTask && (options.evalEvery > 0 || target !== null)
+        ? async (m) => {
+          const g = await accuracy(m, validation, { greedy: true, returnEntropies: true });
+          const out: Record<string, number> = {
+            greedyAccuracy: g.accuracy,
+            entropy: g.entropy,
+            score: g.accuracy,
+          };
+          if (target !== null && g.accuracy >= target) out.stop = 1;
+          return out;
+        }
+        : undefined,
+    }, flags.resume ? checkpointDir : null);
+    console.log(
+      `checkpoint: ${result.checkpoint}${
+        result.best ? `; best (step ${result.best.step}): ${result.best.dir}` : ""
+      }`,
+    );
+    if (before) {
+      const after = await evaluateDemo(model, heldOut, options.seed);
+      console.log(`\n${table(before, after)}\n`);
+      const tps = result.history.reduce((s, h) => s + h.tokens, 0) /
+        result.history.reduce((s, h) => s + h.seconds, 0);
+      console.log(`training throughput: ${tps.toFixed(0)} tokens/s (sampling included)`);
+    }
+  } catch (e) {
+    if (e instanceof DivergedError) {
+      console.error(`error: ${e.message}`);
+      return 1;
+    }
+    throw e;
+  } finally {
+    model.dispose();
+  }
   return 0;
 }
 

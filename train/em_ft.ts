@@ -11,13 +11,14 @@ import { Tensor } from "../engine/tensor.ts";
 export type Reduce = "mean" | "sum";
 
 /**
- * L = sum_t H(p_t) * mask_t / sum(mask) ("mean") or / batch ("sum").
+ * L = sum_t H(p_t) * mask_t / D with D = sum(mask) ("mean"), the number of
+ * sequences ("sum"), or a given number (a micro-batch's share of a larger batch).
  * logits (B, T, V); mask (B, T) with 1 where a position scores a response token.
  */
 export function tokenEntropyLoss(
   logits: Tensor,
   mask: ArrayLike<number>,
-  reduce: Reduce = "mean",
+  reduce: Reduce | number = "mean",
 ): Tensor {
   const [B, T] = logits.shape;
   if (mask.length !== B * T) {
@@ -25,7 +26,7 @@ export function tokenEntropyLoss(
   }
   let count = 0;
   for (let i = 0; i < mask.length; i++) count += mask[i];
-  const divisor = reduce === "mean" ? Math.max(count, 1) : B;
+  const divisor = typeof reduce === "number" ? reduce : reduce === "mean" ? Math.max(count, 1) : B;
   const m = Tensor.from(mask, [B, T]);
   return mulScalar(sum(mul(entropy(logits), m)), 1 / divisor);
 }

@@ -14,6 +14,7 @@ export function crossEntropyLoss(
   logits: Tensor,
   ids: ArrayLike<number>,
   mask: ArrayLike<number>,
+  divisor?: number,
 ): Tensor {
   const [B, T] = logits.shape;
   const targets = new Int32Array(B * T);
@@ -26,5 +27,8 @@ export function crossEntropyLoss(
   }
   const target = Tensor.from(targets, [B, T], { dtype: "i32" });
   const m = Tensor.from(mask, [B, T]);
-  return mulScalar(neg(sum(mul(tokenLogProb(logits, target), m))), 1 / Math.max(count, 1));
+  return mulScalar(
+    neg(sum(mul(tokenLogProb(logits, target), m))),
+    1 / (divisor ?? Math.max(count, 1)),
+  );
 }

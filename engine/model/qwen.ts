@@ -472,7 +472,14 @@ const TOKENIZER_FILES = [
 export async function saveModel(
   model: QwenModel,
   outDir: string,
-  options: { metadata?: Record<string, string>; copyFrom?: string | null } = {},
+  options: {
+    metadata?: Record<string, string>;
+    copyFrom?: string | null;
+    /** Writes more files into the new directory before it is swapped in (e.g. optimizer state). */
+    extra?: (tmpDir: string) => Promise<void>;
+    /** Allow replacing the directory the model was loaded from (a trainer's own checkpoint on resume). */
+    replaceSource?: boolean;
+  } = {},
 ): Promise<void> {
   const source = options.copyFrom ?? model.sourceDir;
   await Deno.mkdir(parentOf(outDir), { recursive: true });
@@ -480,7 +487,7 @@ export async function saveModel(
   try {
     resolvedOut = await Deno.realPath(outDir);
   } catch { /* does not exist yet */ }
-  if (resolvedOut && model.sourceDir && resolvedOut === model.sourceDir) {
+  if (resolvedOut && model.sourceDir && resolvedOut === model.sourceDir && !options.replaceSource) {
     throw new Error(
       `saveModel: ${outDir} is the checkpoint the model was loaded from; choose another directory`,
     );
@@ -526,6 +533,7 @@ export async function saveModel(
         }
       }
     }
+    await options.extra?.(tmp);
     // swap in: the old directory (if any) is removed only after the new one is in place
     const old = `${outDir}.old-${Deno.pid}-${Math.random().toString(36).slice(2)}`;
     let hadOld = false;

@@ -1,0 +1,142 @@
+/**
+ * Training data: unlabeled prompts from JSONL (`{"prompt": ..., "answer"?: ...}`)
+ * or the demo task generator, as a deterministic stream whose state is saved
+ * with checkpoints so that a resumed run sees the same prompts.
+ * @module
+ */
+import { Rng } from "../engine/random.ts";
+import type { QwenTokenizer } from "../engine/model/tokenizer.ts";
+import { heldOutProblems, ProblemStream } from "./demo/arith.ts";
+
+/** One training example; `answer` is used by SFT and by evaluation only. */
+export interface Example {
+  prompt: string;
+  answer?: string;
+}
+
+/** A resumable stream of examples. */
+export interface ExampleSource {
+  readonly name: string;
+  next(n: number): Example[];
+  /** Serializable position in the stream. */
+  state(): Record<string, number>;
+  restore(state: Record<string, number>): void;
+}
+
+/** Reads a JSONL file of `{"prompt": string, "answer"?: string}`; errors name the file, line and field. */
+export async function readJsonl(
+  path: string,
+  options: { requireAnswer?: boolean } = {},
+): Promise<Example[]> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    throw new Error(`${path}: cannot read (${(e as Error).message})`);
+  }
+  const out: Example[] = [];
+  text.split("\n").forEach((line, i) => {
+    if (!line.trim()) return;
+    let v: unknown;
+    try {
+      v = JSON.parse(line);
+    } catch (e) {
+      throw new Error(`${path}:${i + 1}: not valid JSON (${(e as Error).message})`);
+    }
+    const o = v as Record<string, unknown>;
+    if (!o || typeof o !== "object" || typeof o.prompt !== "string" || !o.prompt) {
+      throw new Error(`${path}:${i + 1}: "prompt" must be a non-empty string`);
+    }
+    if (o.answer !== undefined && typeof o.answer !== "string" && typeof o.answer !== "number") {
+      throw new Error(`${path}:${i + 1}: "answer" must be a string or number`);
+    }
+    if (options.requireAnswer && o.answer === undefined) {
+      throw new Error(`${path}:${i + 1}: "answer" is required for SFT`);
+    }
+    out.push({ prompt: o.prompt, answer: o.answer === undefined ? undefined : String(o.answer) });
+  });
+  if (out.length === 0) throw new Error(`${path}: no examples`);
+  return out;
+}
+
+/** Cycles through examples in a seeded shuffled order, reshuffling every epoch. */
+export class ShuffledSource implements ExampleSource {
+  readonly name: string;
+  #examples: Example[];
+  #order: number[] = [];
+  #pos = 0;
+  #epoch = 0;
+  #seed: number;
+
+  constructor(name: string, examples: Example[], seed: number) {
+    this.name = name;
+    this.#examples = examples;
+    this.#seed = seed;
+    this.#shuffle();
+  }
+
+  #shuffle(): void {
+    const rng = new Rng(this.#seed * 1000003 + this.#epoch);
+    this.#order = this.#examples.map((_, i) => i);
+    for (let i = this.#order.length - 1; i > 0; i--) {
+      const j = rng.int(i + 1);
+      [this.#order[i], this.#order[j]] = [this.#order[j], this.#order[i]];
+    }
+  }
+
+  next(n: number): Example[] {
+    const out: Example[] = [];
+    while (out.length < n) {
+      if (this.#pos >= this.#order.length) {
+        this.#epoch++;
+        this.#pos = 0;
+        this.#shuffle();
+      }
+      out.push(this.#examples[this.#order[this.#pos++]]);
+    }
+    return out;
+  }
+
+  state(): Record<string, number> {
+    return { epoch: this.#epoch, pos: this.#pos };
+  }
+
+  restore(s: Record<string, number>): void {
+    this.#epoch = s.epoch;
+    this.#pos = s.pos;
+    this.#shuffle();
+  }
+}
+
+/** Number of held-out demo problems reserved for evaluation. */
+export const DEMO_HELD_OUT = 500;
+
+/** Fresh demo problems that never repeat a held-out one. */
+export class DemoSource implements ExampleSource {
+  readonly name = "demo arithmetic generator";
+  #stream: ProblemStream;
+
+  constructor(seed: number) {
+    this.#stream = new ProblemStream(seed, heldOutProblems(DEMO_HELD_OUT));
+  }
+
+  next(n: number): Example[] {
+    return Array.from({ length: n }, () => this.#stream.next());
+  }
+
+  state(): Record<string, number> {
+    return { rng: this.#stream.rng.state };
+  }
+
+  restore(s: Record<string, number>): void {
+    this.#stream.rng.state = s.rng;
+  }
+}
+
+/** Token ids of a prompt: raw text, or the chat template with a generation prompt. */
+export function encodePrompt(tok: QwenTokenizer, prompt: string, chat: boolean): number[] {
+  if (!chat) return tok.encode(prompt);
+  return tok.encode(
+    tok.applyChatTemplate([{ role: "user", content: prompt }], { addGenerationPrompt: true }),
+  );
+}
