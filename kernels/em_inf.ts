@@ -1,0 +1,112 @@
+/**
+ * EM-INF on the GPU: each row of logits (one workgroup per row) takes up to
+ * n Adam steps on the logits themselves to lower entropy + kl_weight * KL(p0||p),
+ * stopping once its entropy is below the threshold, all inside one dispatch.
+ * @module
+ */
+import { paramsBlock } from "./common.ts";
+
+export const EMINF_WG = 128;
+
+/**
+ * Params: rows, V, steps, lr (f32), klWeight (f32), threshold (f32), groupsX.
+ * Bindings: z0 (rows, V) in; z (rows, V) out; m, v (rows, V) Adam scratch; used (rows) u32;
+ * bias (steps) of (lr / (1 - b1^t), sqrt(1 - b2^t)).
+ *
+ * Per step, with p = softmax(z), a_i = dH/dp_i = -(log(p_i + 1e-12) + p_i / (p_i + 1e-12)):
+ *   H = -sum p log(p + 1e-12); stop if H < threshold
+ *   dH/dz_j = p_j (a_j - sum_i p_i a_i);  dKL/dz_j = p_j - p0_j
+ *   Adam (torch): m, v moments; z -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+ */
+export const emInfKernel = /* wgsl */ `
+${paramsBlock(7)}
+@group(0) @binding(1) var<storage, read> z0: array<f32>;
+@group(0) @binding(2) var<storage, read_write> z: array<f32>;
+@group(0) @binding(3) var<storage, read_write> m: array<f32>;
+@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+@group(0) @binding(5) var<storage, read_write> used: array<u32>;
+// per step t (from 1): (lr / (1 - b1^t), sqrt(1 - b2^t)), computed in float64 on the CPU as torch does
+@group(0) @binding(6) var<storage, read> bias: array<vec2<f32>>;
+var<workgroup> red: array<f32, ${EMINF_WG}>;
+var<workgroup> bcast: f32;
+
+fn wg_reduce(x: f32, lid: u32, is_max: bool) -> f32 {
+  red[lid] = x;
+  workgroupBarrier();
+  for (var s = ${EMINF_WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) {
+      red[lid] = select(red[lid] + red[lid + s], max(red[lid], red[lid + s]), is_max);
+    }
+    workgroupBarrier();
+  }
+  if (lid == 0u) { bcast = red[0]; }
+  return workgroupUniformLoad(&bcast);
+}
+
+// (max, sum e^(z-max)) of a row of z or z0: softmax is e/s and log p = (z - max) - log s,
+// so an error in log(s) shifts every log p equally and cancels in a_j - sum p a.
+fn row_stats(src_is_z0: bool, base: u32, V: u32, lid: u32) -> vec2<f32> {
+  var mx = -3.402823e38;
+  for (var j = lid; j < V; j += ${EMINF_WG}u) { mx = max(mx, select(z[base + j], z0[base + j], src_is_z0)); }
+  mx = wg_reduce(mx, lid, true);
+  var s = 0.0;
+  for (var j = lid; j < V; j += ${EMINF_WG}u) { s += exp(select(z[base + j], z0[base + j], src_is_z0) - mx); }
+  return vec2<f32>(mx, wg_reduce(s, lid, false));
+}
+
+// e = log(1 + 1e-12 / p), the eps term of log(p + 1e-12) = log p + e
+fn eps_log(p: f32) -> f32 {
+  let x = 1e-12 / max(p, 1e-38);
+  return select(log(1.0 + x), x - 0.5 * x * x, x < 1e-3);
+}
+
+@compute @workgroup_size(${EMINF_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+  let row = wid.x + wid.y * pu(6u);
+  let lid = lid3.x;
+  let rows = pu(0u); let V = pu(1u); let steps = pu(2u);
+  let kw = pf(4u); let threshold = pf(5u);
+  if (row >= rows) { return; }
+  let base = row * V;
+  for (var j = lid; j < V; j += ${EMINF_WG}u) { z[base + j] = z0[base + j]; m[base + j] = 0.0; v[base + j] = 0.0; }
+  storageBarrier();
+  let st0 = row_stats(true, base, V, lid);
+  var taken = 0u;
+  for (var t = 1u; t <= steps; t++) {
+    // c = z - max, p = e^c / s, log(p + eps) = c - log s + e, r = eps / (p + eps).
+    // With bars as p-weighted means: H = log s - cbar - ebar and
+    // a_j - sum p a = -((c_j - cbar) + (e_j - ebar)) + (r_j - rbar): all small numbers, no cancellation.
+    let st = row_stats(false, base, V, lid);
+    var cs = 0.0; var es = 0.0; var rs = 0.0;
+    for (var j = lid; j < V; j += ${EMINF_WG}u) {
+      let c = z[base + j] - st.x;
+      let p = exp(c) / st.y;
+      cs += p * c;
+      es += p * eps_log(p);
+      rs += p * (1e-12 / (p + 1e-12));
+    }
+    let cbar = wg_reduce(cs, lid, false);
+    let ebar = wg_reduce(es, lid, false);
+    let rbar = wg_reduce(rs, lid, false);
+    let H = log(st.y) - cbar - ebar;
+    if (H < threshold) { break; }
+    let step_size = bias[t - 1u].x;
+    let bc2 = bias[t - 1u].y;
+    for (var j = lid; j < V; j += ${EMINF_WG}u) {
+      let i = base + j;
+      let c = z[i] - st.x;
+      let p = exp(c) / st.y;
+      let p0 = exp(z0[i] - st0.x) / st0.y;
+      let da = -((c - cbar) + (eps_log(p) - ebar)) + (1e-12 / (p + 1e-12) - rbar);
+      let g = p * da + kw * (p - p0);
+      let mi = 0.9 * m[i] + 0.1 * g;
+      let vi = 0.999 * v[i] + 0.001 * g * g;
+      m[i] = mi; v[i] = vi;
+      z[i] = z[i] - step_size * mi / (sqrt(vi) / bc2 + 1e-8);
+    }
+    taken = t;
+    storageBarrier();
+  }
+  if (lid == 0u) { used[row] = taken; }
+}
+`;
