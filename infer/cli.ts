@@ -8,6 +8,8 @@ import { parseArgs } from "@std/cli";
 import { initDevice, WebGPUUnavailableError } from "../engine/device.ts";
 import { loadModel } from "../engine/model/qwen.ts";
 import { generate } from "./generate.ts";
+import { EM_INF_DEFAULTS, emInfProcessor } from "./em_inf.ts";
+import type { Tensor } from "../engine/tensor.ts";
 
 const HELP = `deno task generate --model DIR --prompt TEXT [flags]
 
@@ -24,6 +26,11 @@ Generates text with a Hugging Face Qwen2/Qwen2.5/Qwen3 checkpoint directory
   --top-k K             keep the K most likely tokens, 0 = off (default 0, or generation_config.json)
   --greedy              argmax decoding
   --seed S              random seed (default 0)
+  --em-inf              adjust each step's logits with EM-INF before sampling
+  --em-inf-lr X         EM-INF Adam learning rate (default 0.1)
+  --em-inf-steps N      EM-INF steps at most (default 5)
+  --em-inf-kl X         EM-INF KL(p0||p) weight (default 0.001)
+  --em-inf-threshold X  EM-INF stops a row below this entropy (default 0.3)
   --help                this text`;
 
 function num(
@@ -43,8 +50,20 @@ export async function main(args: string[]): Promise<number> {
   let flags;
   try {
     flags = parseArgs(args, {
-      string: ["model", "prompt", "max-new-tokens", "temperature", "top-p", "top-k", "seed"],
-      boolean: ["chat", "greedy", "no-thinking", "help"],
+      string: [
+        "model",
+        "prompt",
+        "max-new-tokens",
+        "temperature",
+        "top-p",
+        "top-k",
+        "seed",
+        "em-inf-lr",
+        "em-inf-steps",
+        "em-inf-kl",
+        "em-inf-threshold",
+      ],
+      boolean: ["chat", "greedy", "no-thinking", "em-inf", "help"],
     });
   } catch (e) {
     console.error(`error: ${(e as Error).message}\n\n${HELP}`);
@@ -55,6 +74,7 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
   let options;
+  let processor: ((logits: Tensor) => Tensor) | undefined;
   try {
     if (typeof flags.model !== "string") throw new Error("--model DIR is required");
     if (typeof flags.prompt !== "string") throw new Error("--prompt TEXT is required");
@@ -68,6 +88,23 @@ export async function main(args: string[]): Promise<number> {
       seed: num(flags, "seed", Number.isInteger, "an integer") ?? 0,
       greedy: flags.greedy === true,
     };
+    const emInf = {
+      lr: num(flags, "em-inf-lr", (v) => v > 0, "a positive number") ?? EM_INF_DEFAULTS.lr,
+      steps: num(flags, "em-inf-steps", (v) => Number.isInteger(v) && v >= 0, "an integer >= 0") ??
+        EM_INF_DEFAULTS.steps,
+      klWeight: num(flags, "em-inf-kl", (v) => v >= 0, "a number >= 0") ?? EM_INF_DEFAULTS.klWeight,
+      threshold: num(flags, "em-inf-threshold", (v) => v >= 0, "a number >= 0") ??
+        EM_INF_DEFAULTS.threshold,
+    };
+    if (
+      !flags["em-inf"] &&
+      ["em-inf-lr", "em-inf-steps", "em-inf-kl", "em-inf-threshold"].some((f) =>
+        flags[f] !== undefined
+      )
+    ) {
+      throw new Error("--em-inf-* settings need --em-inf");
+    }
+    processor = flags["em-inf"] ? emInfProcessor(emInf) : undefined;
   } catch (e) {
     console.error(`error: ${(e as Error).message}`);
     return 2;
@@ -124,6 +161,7 @@ export async function main(args: string[]): Promise<number> {
     temperature: options.temperature ?? g.temperature ?? 1,
     topP: options.topP ?? g.topP ?? 1,
     topK: options.topK ?? g.topK ?? 0,
+    logitsProcessor: processor,
     onStep: ([id]) => {
       if (id < 0 || g.eosTokenIds.includes(id)) return;
       ids.push(id);

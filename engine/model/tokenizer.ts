@@ -81,6 +81,7 @@ export class QwenTokenizer {
 
   /** Text of `ids`; special tokens are kept unless skipSpecialTokens. */
   decode(ids: ArrayLike<number>, options: { skipSpecialTokens?: boolean } = {}): string {
+    if (ids.length === 0) return ""; // tokenizers.js rejects an empty list
     return this.#tokenizer.decode(Array.from(ids), {
       skip_special_tokens: options.skipSpecialTokens ?? false,
       clean_up_tokenization_spaces: false,

@@ -1,0 +1,212 @@
+/**
+ * `deno task eval`: compare decoding methods on a dataset. With no arguments,
+ * the embedded demo model on its held-out arithmetic problems.
+ * @module
+ */
+import { parseArgs } from "@std/cli";
+import { initDevice, WebGPUUnavailableError } from "../engine/device.ts";
+import { loadModel } from "../engine/model/qwen.ts";
+import { DEMO_MAX_NEW_TOKENS, heldOutProblems } from "../train/demo/arith.ts";
+import { DEMO_HELD_OUT } from "../train/data.ts";
+import type { AnswerFormat } from "./answer.ts";
+import { EM_INF_DEFAULTS } from "./em_inf.ts";
+import { type EvalMethod, type EvalProblem, evaluate, METHODS, summaryTable } from "./eval.ts";
+
+const DEMO_MODEL = new URL("../train/demo/model", import.meta.url).pathname;
+
+const HELP = `deno task eval [flags]
+
+Decodes every problem with each method and compares accuracy and cost.
+With no --model and no --data: the demo model on ${DEMO_HELD_OUT} held-out arithmetic problems.
+
+  --model DIR               Qwen checkpoint directory (default: the demo model)
+  --data FILE.jsonl         {"problem": ..., "answer": ...} per line (default: demo problems)
+  --methods LIST            comma-separated: ${METHODS.join(",")} (default: all)
+  --k N                     self-consistency samples per problem (default 4)
+  --temperature T           sampling temperature (default 1)
+  --top-p P                 nucleus mass (default 1)
+  --max-new-tokens N        response limit (default 1024; demo ${DEMO_MAX_NEW_TOKENS})
+  --batch-size N            sequences decoded together (default 64; demo 500)
+  --limit N                 evaluate the first N problems
+  --format boxed|raw        answer = last \\boxed{} (default), or the whole response (demo)
+  --chat / --no-chat        chat template with the instruction as system message (default: on when the model has one)
+  --em-inf-lr X --em-inf-steps N --em-inf-kl X --em-inf-threshold X   EM-INF settings (defaults ${EM_INF_DEFAULTS.lr}, ${EM_INF_DEFAULTS.steps}, ${EM_INF_DEFAULTS.klWeight}, ${EM_INF_DEFAULTS.threshold})
+  --adaptive-alpha X --adaptive-delta X   adaptive temperature (defaults 0.5, 0.1)
+  --out FILE.jsonl          per-problem results (default: none)
+  --seed N                  (default 0)
+  --help`;
+
+export async function readProblems(path: string): Promise<EvalProblem[]> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    throw new Error(`${path}: cannot read (${(e as Error).message})`);
+  }
+  const out: EvalProblem[] = [];
+  text.split("\n").forEach((line, i) => {
+    if (!line.trim()) return;
+    let o: Record<string, unknown>;
+    try {
+      o = JSON.parse(line);
+    } catch (e) {
+      throw new Error(`${path}:${i + 1}: not valid JSON (${(e as Error).message})`);
+    }
+    if (typeof o?.problem !== "string") {
+      throw new Error(`${path}:${i + 1}: "problem" must be a string`);
+    }
+    if (typeof o.answer !== "string" && typeof o.answer !== "number") {
+      throw new Error(`${path}:${i + 1}: "answer" must be a string or number`);
+    }
+    out.push({ problem: o.problem, answer: String(o.answer) });
+  });
+  if (!out.length) throw new Error(`${path}: no problems`);
+  return out;
+}
+
+function num(
+  flags: Record<string, unknown>,
+  name: string,
+  fallback: number,
+  ok: (v: number) => boolean,
+  what: string,
+): number {
+  const raw = flags[name];
+  if (raw === undefined) return fallback;
+  const v = Number(raw);
+  if (!Number.isFinite(v) || !ok(v)) throw new Error(`--${name} must be ${what}, got "${raw}"`);
+  return v;
+}
+
+export async function main(args: string[]): Promise<number> {
+  let flags;
+  let options;
+  try {
+    flags = parseArgs(args, {
+      string: [
+        "model",
+        "data",
+        "methods",
+        "k",
+        "temperature",
+        "top-p",
+        "max-new-tokens",
+        "batch-size",
+        "limit",
+        "format",
+        "em-inf-lr",
+        "em-inf-steps",
+        "em-inf-kl",
+        "em-inf-threshold",
+        "adaptive-alpha",
+        "adaptive-delta",
+        "out",
+        "seed",
+      ],
+      boolean: ["chat", "no-chat", "help"],
+    });
+    if (flags.help) {
+      console.log(HELP);
+      return 0;
+    }
+    const demo = flags.model === undefined && flags.data === undefined;
+    const methods =
+      (typeof flags.methods === "string" ? flags.methods.split(",") : [...METHODS]) as EvalMethod[];
+    const bad = methods.find((m) => !METHODS.includes(m));
+    if (bad) throw new Error(`--methods: unknown method "${bad}" (${METHODS.join(", ")})`);
+    const format = (flags.format ?? (demo ? "raw" : "boxed")) as AnswerFormat;
+    if (format !== "boxed" && format !== "raw") {
+      throw new Error(`--format must be boxed or raw, got "${format}"`);
+    }
+    const pos = (v: number) => Number.isInteger(v) && v > 0;
+    options = {
+      demo,
+      methods,
+      format,
+      k: num(flags, "k", 4, pos, "a positive integer"),
+      temperature: num(flags, "temperature", 1, (v) => v > 0, "a positive number"),
+      topP: num(flags, "top-p", 1, (v) => v > 0 && v <= 1, "in (0, 1]"),
+      maxNewTokens: num(
+        flags,
+        "max-new-tokens",
+        demo ? DEMO_MAX_NEW_TOKENS : 1024,
+        pos,
+        "a positive integer",
+      ),
+      batchSize: num(flags, "batch-size", demo ? 500 : 64, pos, "a positive integer"),
+      limit: num(flags, "limit", Infinity, pos, "a positive integer"),
+      seed: num(flags, "seed", 0, Number.isInteger, "an integer"),
+      emInf: {
+        lr: num(flags, "em-inf-lr", EM_INF_DEFAULTS.lr, (v) => v > 0, "a positive number"),
+        steps: num(
+          flags,
+          "em-inf-steps",
+          EM_INF_DEFAULTS.steps,
+          (v) => Number.isInteger(v) && v >= 0,
+          "an integer >= 0",
+        ),
+        klWeight: num(flags, "em-inf-kl", EM_INF_DEFAULTS.klWeight, (v) => v >= 0, "a number >= 0"),
+        threshold: num(
+          flags,
+          "em-inf-threshold",
+          EM_INF_DEFAULTS.threshold,
+          (v) => v >= 0,
+          "a number >= 0",
+        ),
+      },
+      adaptive: {
+        alpha: num(flags, "adaptive-alpha", 0.5, (v) => v > 0 && v <= 1, "in (0, 1]"),
+        delta: num(flags, "adaptive-delta", 0.1, (v) => v >= 0, "a number >= 0"),
+      },
+    };
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}\n\nRun with --help for the flags.`);
+    return 2;
+  }
+  try {
+    const dev = await initDevice();
+    console.log(`device: ${dev.info.description}`);
+  } catch (e) {
+    if (e instanceof WebGPUUnavailableError) {
+      console.error(`error: ${e.message}`);
+      return 1;
+    }
+    throw e;
+  }
+  let model;
+  let problems: EvalProblem[];
+  try {
+    const dir = typeof flags.model === "string" ? flags.model : DEMO_MODEL;
+    model = await loadModel(dir);
+    if (!model.tokenizer) {
+      throw new Error(`${dir}/tokenizer.json not found: evaluation needs the model's tokenizer`);
+    }
+    problems = typeof flags.data === "string"
+      ? await readProblems(flags.data)
+      : heldOutProblems(DEMO_HELD_OUT).map((p) => ({ problem: p.prompt, answer: p.answer }));
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    return 1;
+  }
+  problems = problems.slice(0, options.limit);
+  const chat = flags["no-chat"]
+    ? false
+    : flags.chat === true || (!options.demo && model.tokenizer!.hasChatTemplate);
+  console.log(`evaluating ${problems.length} problems with ${options.methods.join(", ")}`);
+  const rows = await evaluate(model, problems, {
+    ...options,
+    chat,
+    outFile: typeof flags.out === "string" ? flags.out : undefined,
+  });
+  console.log(`\n${summaryTable(rows, options.k)}\n`);
+  const s = rows.find((r) => r.method === "sample");
+  const e = rows.find((r) => r.method === "em-inf");
+  if (s && e) {
+    const ratio = (e.seconds / Math.max(1, e.tokens)) / (s.seconds / Math.max(1, s.tokens));
+    console.log(`EM-INF costs ${ratio.toFixed(2)}x plain sampling per generated token.`);
+  }
+  model.dispose();
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));
