@@ -70,4 +70,54 @@ export { type ChatMessage, loadTokenizer, QwenTokenizer } from "./engine/model/t
 export { applyRope, attention, attentionBias, linear, rmsNorm, ropeTables } from "./engine/nn.ts";
 export { generate, type GenerateOptions, type GenerateResult, leftPad } from "./infer/generate.ts";
 export { sampleReference, sampleTokens, type SamplingOptions } from "./infer/sampling.ts";
-export { responseMask, tokenEntropyLoss } from "./train/em_ft.ts";
+export { type Reduce, responseMask, tokenEntropyLoss } from "./train/em_ft.ts";
+export { crossEntropyLoss } from "./train/sft.ts";
+export {
+  accumulateGradients,
+  DEFAULTS as TRAIN_DEFAULTS,
+  DivergedError,
+  learningRate,
+  packSequences,
+  type StepMetrics,
+  train,
+  type TrainHooks,
+  type TrainOptions,
+  type TrainResult,
+} from "./train/trainer.ts";
+export {
+  DemoSource,
+  type Example,
+  type ExampleSource,
+  readJsonl,
+  ShuffledSource,
+} from "./train/data.ts";
+export {
+  EM_INF_DEFAULTS,
+  emInfAdjust,
+  emInfAdjustTensor,
+  type EmInfOptions,
+  emInfProcessor,
+  emInfReference,
+} from "./infer/em_inf.ts";
+export {
+  adaptiveTemperature,
+  type AdaptiveTemperatureOptions,
+  adaptiveTemperatureProcessor,
+  adaptiveTemperatureReference,
+  majorityVote,
+} from "./infer/baselines.ts";
+export {
+  answersMatch,
+  extractAnswer,
+  lastBoxed,
+  normalizeAnswer,
+  numericValue,
+} from "./infer/answer.ts";
+export {
+  type EvalMethod,
+  type EvalOptions,
+  type EvalProblem,
+  evaluate,
+  MATH_INSTRUCTION,
+  summaryTable,
+} from "./infer/eval.ts";

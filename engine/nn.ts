@@ -4,22 +4,7 @@
  * mask. Fused kernels can replace them once a measurement asks for it.
  * @module
  */
-import {
-  add,
-  addScalar,
-  broadcastTo,
-  concat,
-  matmul,
-  mean,
-  mul,
-  mulScalar,
-  neg,
-  reshape,
-  rsqrt,
-  slice,
-  softmax,
-  square,
-} from "./ops/mod.ts";
+import { add, broadcastTo, matmul, mulScalar, reshape, rope, softmax } from "./ops/mod.ts";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, Tensor } from "./tensor.ts";
 
 /** y = x·Wᵀ + b for W (out, in) as Hugging Face stores it. x (..., in) -> (..., out). */
@@ -28,11 +13,7 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
   return bias ? add(y, bias) : y;
 }
 
-/** x * rsqrt(mean(x², -1) + eps) * weight, over the last axis. */
-export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
-  const ms = mean(square(x), { axis: -1, keepdim: true });
-  return mul(mul(x, rsqrt(addScalar(ms, eps))), weight);
-}
+export { rmsNorm } from "./ops/norm.ts";
 
 /**
  * cos and sin tables (B, 1, T, D) of default RoPE for integer positions (B, T),
@@ -75,13 +56,9 @@ export function ropeTables(
   };
 }
 
-/** x*cos + rotate_half(x)*sin with rotate_half(x) = [-x2, x1]. x (B, H, T, D). */
+/** x*cos + rotate_half(x)*sin with rotate_half(x) = [-x2, x1]. x (B, H, T, D) (fused: ops/norm.ts). */
 export function applyRope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
-  const d = x.shape.at(-1)!;
-  const x1 = slice(x, -1, 0, d / 2);
-  const x2 = slice(x, -1, d / 2, d);
-  const rotated = concat([neg(x2), x1], -1);
-  return add(mul(x, cos), mul(rotated, sin));
+  return rope(x, cos, sin);
 }
 
 /** A large negative bias for masked scores: finite, so a fully masked row stays uniform, never NaN. */

@@ -10,6 +10,7 @@ import { matmulReference } from "../engine/ops/matmul.ts";
 import { softmaxReference as sm } from "../engine/ops/softmax.ts";
 import { shapeReference as shp } from "../engine/ops/shape.ts";
 import { embeddingReference } from "../engine/ops/embedding.ts";
+import { normReference } from "../engine/ops/norm.ts";
 import { mapN, type NDArray } from "../engine/ops/_reference.ts";
 import { tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
@@ -269,6 +270,33 @@ cases.push({
     inputs: [U([17, 5])],
     gpu: ([w]) => ops.embedding(w, Tensor.from(ids, [7], { dtype: "i32" })),
     ref: ([w]) => embeddingReference(w, ids),
+  });
+}
+
+// fused RMSNorm and RoPE
+for (const shape of [[3, 17], [2, 3, 64], [1, 1]]) {
+  const C = shape.at(-1)!;
+  cases.push({
+    name: `rmsNorm() [${shape}]`,
+    inputs: [U(shape), U([C])],
+    gpu: ([x, w]) => ops.rmsNorm(x, w, 1e-6),
+    ref: ([x, w]) => normReference.rmsNorm(x, w, 1e-6),
+  });
+}
+{
+  // cos/sin tables with equal halves, as RoPE builds them
+  const table = (seed: number) => {
+    const a = randArray([2, 1, 3, 8], seed);
+    for (let i = 0; i < a.data.length; i++) if (i % 8 >= 4) a.data[i] = a.data[i - 4];
+    return a;
+  };
+  const cos = table(31);
+  const sin = table(32);
+  cases.push({
+    name: "rope() [2, 3, 3, 8]",
+    inputs: [U([2, 3, 3, 8])],
+    gpu: ([x]) => ops.rope(x, toTensor(cos), toTensor(sin)),
+    ref: ([x]) => normReference.rope(x, cos, sin),
   });
 }
 

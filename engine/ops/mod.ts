@@ -6,3 +6,4 @@ export * from "./softmax.ts";
 export * from "./shape.ts";
 export * from "./embedding.ts";
 export { fill, randomNormal } from "./fill.ts";
+export { rmsNorm, rope } from "./norm.ts";

@@ -1,0 +1,93 @@
+/** Fused RMSNorm and RoPE: forward, backward and CPU reference. @module */
+import {
+  rmsNormBackwardKernel,
+  rmsNormForwardKernel,
+  ropeKernel,
+} from "../../kernels/norm_rope.ts";
+import { record, Tensor } from "../tensor.ts";
+import { launch1d } from "./_launch.ts";
+import { mapRows, type NDArray } from "./_reference.ts";
+import { mul } from "./elementwise.ts";
+import { sumTo } from "./reduce.ts";
+
+/** x * rsqrt(mean(x², -1) + eps) * weight over the last axis; weight (C). */
+export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
+  const C = x.shape.at(-1)!;
+  if (weight.shape.length !== 1 || weight.shape[0] !== C) {
+    throw new Error(
+      `rmsNorm: weight [${weight.shape}] does not match the last axis of [${x.shape}]`,
+    );
+  }
+  if (x.dtype !== "f32" || weight.dtype !== "f32") throw new Error("rmsNorm: expects f32");
+  const rows = x.size / C;
+  const y = Tensor.empty(x.shape);
+  const r = Tensor.empty([rows]);
+  launch1d(rmsNormForwardKernel, [x, weight, y, r], [rows, C, { f32: eps }], rows, "rms_norm");
+  return record(y, {
+    op: "rmsNorm",
+    inputs: [x, weight],
+    saved: [r],
+    backward: (g) => {
+      let gx: Tensor | null = null;
+      if (x.requiresGrad) {
+        gx = Tensor.empty(x.shape);
+        // dx = r * (w g - x r^2 mean(w g x))
+        launch1d(rmsNormBackwardKernel, [x, weight, r, g, gx], [rows, C], rows, "rms_norm_bwd");
+      }
+      let gw: Tensor | null = null;
+      if (weight.requiresGrad) {
+        // dw = sum over rows of g * x * r
+        const xr = mul(x, r.view([...x.shape.slice(0, -1), 1]));
+        gw = sumTo(mul(g, xr), [C]);
+      }
+      return [gx, gw];
+    },
+  });
+}
+
+/** x * cos + rotate_half(x) * sin; x (B, H, T, D), cos and sin (B, 1, T, D) with equal halves. */
+export function rope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
+  const [B, H, T, D] = x.shape;
+  if (
+    x.shape.length !== 4 || cos.shape.join() !== [B, 1, T, D].join() ||
+    sin.shape.join() !== cos.shape.join()
+  ) {
+    throw new Error(
+      `rope: x [${x.shape}] needs cos and sin of shape [${B},1,${T},${D}], got [${cos.shape}]`,
+    );
+  }
+  const y = Tensor.empty(x.shape);
+  launch1d(ropeKernel, [x, cos, sin, y], [x.size, H, T, D, { f32: 1 }], x.size, "rope");
+  return record(y, {
+    op: "rope",
+    inputs: [x],
+    keeps: [cos, sin],
+    // dx = g cos - rotate_half(g) sin: the same kernel with -sin
+    backward: (g) => {
+      const gx = Tensor.empty(x.shape);
+      launch1d(ropeKernel, [g, cos, sin, gx], [x.size, H, T, D, { f32: -1 }], x.size, "rope_bwd");
+      return [gx];
+    },
+  });
+}
+
+export const normReference = {
+  rmsNorm: (x: NDArray, w: NDArray, eps: number): NDArray =>
+    mapRows(x, (row) => {
+      const r = 1 / Math.sqrt(row.reduce((s, v) => s + v * v, 0) / row.length + eps);
+      return row.map((v, j) => v * r * w.data[j]);
+    }),
+  rope: (x: NDArray, cos: NDArray, sin: NDArray): NDArray => {
+    const [, H, T, D] = x.shape;
+    const h = D / 2;
+    const data = x.data.map((v, i) => {
+      const d = i % D;
+      const t = Math.floor(i / D) % T;
+      const b = Math.floor(i / (D * T * H));
+      const rot = d < h ? -x.data[i + h] : x.data[i - h];
+      const c = (b * T + t) * D + d;
+      return v * cos.data[c] + rot * sin.data[c];
+    });
+    return { shape: x.shape, data };
+  },
+};
