@@ -35,3 +35,28 @@ export function parseArgs(args: string[], spec: FlagSpec): ParsedArgs {
     throw new Error((e as Error).message.replace(/^.*?: /, ""));
   }
 }
+
+/** Checks of numeric flag values, with the words an error uses. */
+export const is = {
+  positiveInt: [(v: number) => Number.isInteger(v) && v > 0, "a positive integer"],
+  nonNegativeInt: [(v: number) => Number.isInteger(v) && v >= 0, "an integer >= 0"],
+  int: [Number.isInteger, "an integer"],
+  positive: [(v: number) => v > 0, "a positive number"],
+  nonNegative: [(v: number) => v >= 0, "a number >= 0"],
+  fraction: [(v: number) => v > 0 && v <= 1, "in (0, 1]"],
+} as const satisfies Record<string, readonly [(v: number) => boolean, string]>;
+
+/** The number given for --name, undefined when absent; throws naming the flag when it fails `check`. */
+export function numberFlag(
+  flags: ParsedArgs,
+  name: string,
+  [check, what]: readonly [(v: number) => boolean, string],
+): number | undefined {
+  const raw = flags[name];
+  if (raw === undefined) return undefined;
+  const v = Number(raw);
+  if (typeof raw !== "string" || raw.trim() === "" || !Number.isFinite(v) || !check(v)) {
+    throw new Error(`--${name} must be ${what}, got "${raw}"`);
+  }
+  return v;
+}

@@ -413,3 +413,16 @@ export function device(): Device {
   if (!current) throw new Error("call `await initDevice()` before using tensors");
   return current;
 }
+
+/** For command-line programs: the device, or null after printing what to install. */
+export async function initDeviceOrExplain(): Promise<Device | null> {
+  try {
+    return await initDevice();
+  } catch (e) {
+    if (e instanceof WebGPUUnavailableError) {
+      console.error(`error: ${e.message}`);
+      return null;
+    }
+    throw e;
+  }
+}

@@ -4,8 +4,8 @@
  * the continuation as it is produced.
  * @module
  */
-import { parseArgs } from "@std/cli";
-import { initDevice, WebGPUUnavailableError } from "../engine/device.ts";
+import { is, numberFlag, parseArgs } from "@std/cli";
+import { initDeviceOrExplain } from "../engine/device.ts";
 import { loadModel } from "../engine/model/qwen.ts";
 import { generate } from "./generate.ts";
 import { EM_INF_DEFAULTS, emInfProcessor } from "./em_inf.ts";
@@ -32,19 +32,6 @@ Generates text with a Hugging Face Qwen2/Qwen2.5/Qwen3 checkpoint directory
   --em-inf-kl X         EM-INF KL(p0||p) weight (default 0.001)
   --em-inf-threshold X  EM-INF stops a row below this entropy (default 0.3)
   --help                this text`;
-
-function num(
-  flags: Record<string, unknown>,
-  name: string,
-  check: (v: number) => boolean,
-  what: string,
-): number | undefined {
-  const raw = flags[name];
-  if (raw === undefined) return undefined;
-  const v = Number(raw);
-  if (!Number.isFinite(v) || !check(v)) throw new Error(`--${name} must be ${what}, got "${raw}"`);
-  return v;
-}
 
 export async function main(args: string[]): Promise<number> {
   let flags;
@@ -79,21 +66,19 @@ export async function main(args: string[]): Promise<number> {
     if (typeof flags.model !== "string") throw new Error("--model DIR is required");
     if (typeof flags.prompt !== "string") throw new Error("--prompt TEXT is required");
     options = {
-      maxNewTokens: num(flags, "max-new-tokens", (v) =>
-        Number.isInteger(v) && v > 0, "a positive integer") ?? 128,
-      temperature: num(flags, "temperature", (v) =>
-        v >= 0, "a number >= 0"),
-      topP: num(flags, "top-p", (v) => v > 0 && v <= 1, "in (0, 1]"),
-      topK: num(flags, "top-k", (v) => Number.isInteger(v) && v >= 0, "an integer >= 0"),
-      seed: num(flags, "seed", Number.isInteger, "an integer") ?? 0,
+      maxNewTokens: numberFlag(flags, "max-new-tokens", is.positiveInt) ?? 128,
+      temperature: numberFlag(flags, "temperature", is.nonNegative),
+      topP: numberFlag(flags, "top-p", is.fraction),
+      topK: numberFlag(flags, "top-k", is.nonNegativeInt),
+      seed: numberFlag(flags, "seed", is.int) ?? 0,
       greedy: flags.greedy === true,
     };
     const emInf = {
-      lr: num(flags, "em-inf-lr", (v) => v > 0, "a positive number") ?? EM_INF_DEFAULTS.lr,
-      steps: num(flags, "em-inf-steps", (v) => Number.isInteger(v) && v >= 0, "an integer >= 0") ??
+      lr: numberFlag(flags, "em-inf-lr", is.positive) ?? EM_INF_DEFAULTS.lr,
+      steps: numberFlag(flags, "em-inf-steps", is.nonNegativeInt) ??
         EM_INF_DEFAULTS.steps,
-      klWeight: num(flags, "em-inf-kl", (v) => v >= 0, "a number >= 0") ?? EM_INF_DEFAULTS.klWeight,
-      threshold: num(flags, "em-inf-threshold", (v) => v >= 0, "a number >= 0") ??
+      klWeight: numberFlag(flags, "em-inf-kl", is.nonNegative) ?? EM_INF_DEFAULTS.klWeight,
+      threshold: numberFlag(flags, "em-inf-threshold", is.nonNegative) ??
         EM_INF_DEFAULTS.threshold,
     };
     if (
@@ -109,15 +94,7 @@ export async function main(args: string[]): Promise<number> {
     console.error(`error: ${(e as Error).message}`);
     return 2;
   }
-  try {
-    await initDevice();
-  } catch (e) {
-    if (e instanceof WebGPUUnavailableError) {
-      console.error(`error: ${e.message}`);
-      return 1;
-    }
-    throw e;
-  }
+  if (!await initDeviceOrExplain()) return 1;
   let model;
   try {
     model = await loadModel(flags.model);

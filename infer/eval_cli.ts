@@ -3,8 +3,8 @@
  * the embedded demo model on its held-out arithmetic problems.
  * @module
  */
-import { parseArgs } from "@std/cli";
-import { initDevice, WebGPUUnavailableError } from "../engine/device.ts";
+import { is, numberFlag, parseArgs } from "@std/cli";
+import { initDeviceOrExplain } from "../engine/device.ts";
 import { loadModel } from "../engine/model/qwen.ts";
 import { DEMO_MAX_NEW_TOKENS, heldOutProblems } from "../train/demo/arith.ts";
 import { DEMO_HELD_OUT } from "../train/data.ts";
@@ -64,20 +64,6 @@ export async function readProblems(path: string): Promise<EvalProblem[]> {
   return out;
 }
 
-function num(
-  flags: Record<string, unknown>,
-  name: string,
-  fallback: number,
-  ok: (v: number) => boolean,
-  what: string,
-): number {
-  const raw = flags[name];
-  if (raw === undefined) return fallback;
-  const v = Number(raw);
-  if (!Number.isFinite(v) || !ok(v)) throw new Error(`--${name} must be ${what}, got "${raw}"`);
-  return v;
-}
-
 export async function main(args: string[]): Promise<number> {
   let flags;
   let options;
@@ -118,61 +104,37 @@ export async function main(args: string[]): Promise<number> {
     if (format !== "boxed" && format !== "raw") {
       throw new Error(`--format must be boxed or raw, got "${format}"`);
     }
-    const pos = (v: number) => Number.isInteger(v) && v > 0;
     options = {
       demo,
       methods,
       format,
-      k: num(flags, "k", 4, pos, "a positive integer"),
-      temperature: num(flags, "temperature", 1, (v) => v > 0, "a positive number"),
-      topP: num(flags, "top-p", 1, (v) => v > 0 && v <= 1, "in (0, 1]"),
-      maxNewTokens: num(
-        flags,
-        "max-new-tokens",
-        demo ? DEMO_MAX_NEW_TOKENS : 1024,
-        pos,
-        "a positive integer",
-      ),
-      batchSize: num(flags, "batch-size", demo ? 500 : 64, pos, "a positive integer"),
-      limit: num(flags, "limit", Infinity, pos, "a positive integer"),
-      seed: num(flags, "seed", 0, Number.isInteger, "an integer"),
+      k: numberFlag(flags, "k", is.positiveInt) ?? 4,
+      temperature: numberFlag(flags, "temperature", is.positive) ?? 1,
+      topP: numberFlag(flags, "top-p", is.fraction) ?? 1,
+      maxNewTokens: numberFlag(flags, "max-new-tokens", is.positiveInt) ??
+        (demo ? DEMO_MAX_NEW_TOKENS : 1024),
+      batchSize: numberFlag(flags, "batch-size", is.positiveInt) ?? (demo ? 500 : 64),
+      limit: numberFlag(flags, "limit", is.positiveInt) ?? Infinity,
+      seed: numberFlag(flags, "seed", is.int) ?? 0,
       emInf: {
-        lr: num(flags, "em-inf-lr", EM_INF_DEFAULTS.lr, (v) => v > 0, "a positive number"),
-        steps: num(
-          flags,
-          "em-inf-steps",
-          EM_INF_DEFAULTS.steps,
-          (v) => Number.isInteger(v) && v >= 0,
-          "an integer >= 0",
-        ),
-        klWeight: num(flags, "em-inf-kl", EM_INF_DEFAULTS.klWeight, (v) => v >= 0, "a number >= 0"),
-        threshold: num(
-          flags,
-          "em-inf-threshold",
+        lr: numberFlag(flags, "em-inf-lr", is.positive) ?? EM_INF_DEFAULTS.lr,
+        steps: numberFlag(flags, "em-inf-steps", is.nonNegativeInt) ?? EM_INF_DEFAULTS.steps,
+        klWeight: numberFlag(flags, "em-inf-kl", is.nonNegative) ?? EM_INF_DEFAULTS.klWeight,
+        threshold: numberFlag(flags, "em-inf-threshold", is.nonNegative) ??
           EM_INF_DEFAULTS.threshold,
-          (v) => v >= 0,
-          "a number >= 0",
-        ),
       },
       adaptive: {
-        alpha: num(flags, "adaptive-alpha", 0.5, (v) => v > 0 && v <= 1, "in (0, 1]"),
-        delta: num(flags, "adaptive-delta", 0.1, (v) => v >= 0, "a number >= 0"),
+        alpha: numberFlag(flags, "adaptive-alpha", is.fraction) ?? 0.5,
+        delta: numberFlag(flags, "adaptive-delta", is.nonNegative) ?? 0.1,
       },
     };
   } catch (e) {
     console.error(`error: ${(e as Error).message}\n\nRun with --help for the flags.`);
     return 2;
   }
-  try {
-    const dev = await initDevice();
-    console.log(`device: ${dev.info.description}`);
-  } catch (e) {
-    if (e instanceof WebGPUUnavailableError) {
-      console.error(`error: ${e.message}`);
-      return 1;
-    }
-    throw e;
-  }
+  const dev = await initDeviceOrExplain();
+  if (!dev) return 1;
+  console.log(`device: ${dev.info.description}`);
   let model;
   let problems: EvalProblem[];
   try {

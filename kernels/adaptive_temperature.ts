@@ -4,7 +4,7 @@
  * (entropy grows with tau), then out = z / tau.
  * @module
  */
-import { paramsBlock } from "./common.ts";
+import { paramsBlock, workgroupReduce } from "./common.ts";
 
 export const ADAPT_WG = 128;
 
@@ -14,19 +14,7 @@ ${paramsBlock(5)}
 @group(0) @binding(1) var<storage, read> z: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<storage, read_write> taus: array<f32>;
-var<workgroup> red: array<f32, ${ADAPT_WG}>;
-var<workgroup> bcast: f32;
-
-fn wg_reduce(x: f32, lid: u32, is_max: bool) -> f32 {
-  red[lid] = x;
-  workgroupBarrier();
-  for (var s = ${ADAPT_WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) { red[lid] = select(red[lid] + red[lid + s], max(red[lid], red[lid + s]), is_max); }
-    workgroupBarrier();
-  }
-  if (lid == 0u) { bcast = red[0]; }
-  return workgroupUniformLoad(&bcast);
-}
+${workgroupReduce(ADAPT_WG)}
 
 // H(softmax(z / tau)) = log s - sum p c with c = (z - max) / tau
 fn entropy_at(base: u32, V: u32, mx: f32, tau: f32, lid: u32) -> f32 {

@@ -4,7 +4,7 @@
  * stopping once its entropy is below the threshold, all inside one dispatch.
  * @module
  */
-import { paramsBlock } from "./common.ts";
+import { paramsBlock, workgroupReduce } from "./common.ts";
 
 export const EMINF_WG = 128;
 
@@ -27,21 +27,7 @@ ${paramsBlock(7)}
 @group(0) @binding(5) var<storage, read_write> used: array<u32>;
 // per step t (from 1): (lr / (1 - b1^t), sqrt(1 - b2^t)), computed in float64 on the CPU as torch does
 @group(0) @binding(6) var<storage, read> bias: array<vec2<f32>>;
-var<workgroup> red: array<f32, ${EMINF_WG}>;
-var<workgroup> bcast: f32;
-
-fn wg_reduce(x: f32, lid: u32, is_max: bool) -> f32 {
-  red[lid] = x;
-  workgroupBarrier();
-  for (var s = ${EMINF_WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) {
-      red[lid] = select(red[lid] + red[lid + s], max(red[lid], red[lid + s]), is_max);
-    }
-    workgroupBarrier();
-  }
-  if (lid == 0u) { bcast = red[0]; }
-  return workgroupUniformLoad(&bcast);
-}
+${workgroupReduce(EMINF_WG)}
 
 // (max, sum e^(z-max)) of a row of z or z0: softmax is e/s and log p = (z - max) - log s,
 // so an error in log(s) shifts every log p equally and cancels in a_j - sum p a.

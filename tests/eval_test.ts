@@ -6,10 +6,8 @@ import { emInfProcessor } from "../infer/em_inf.ts";
 import { evaluate, summaryTable } from "../infer/eval.ts";
 import { generate } from "../infer/generate.ts";
 import { readProblems } from "../infer/eval_cli.ts";
-import { demoTokenizerJson } from "../train/demo/init.ts";
-import { DEMO_EOS } from "../train/demo/arith.ts";
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { assertClose, gpuTest } from "./_helpers.ts";
+import { assertClose, gpuTest, tinyModelWithTokenizer } from "./_helpers.ts";
 
 const HF = new URL("./fixtures/hf/", import.meta.url).pathname;
 
@@ -37,23 +35,6 @@ Deno.test({
     }
   },
 });
-
-async function tinyDemoModel(): Promise<string> {
-  const dir = await Deno.makeTempDir({ prefix: "eval_test_" });
-  for (const f of ["config.json", "model.safetensors"]) {
-    await Deno.copyFile(`${HF}qwen2-tiny/${f}`, `${dir}/${f}`);
-  }
-  await Deno.writeTextFile(`${dir}/tokenizer.json`, JSON.stringify(demoTokenizerJson()));
-  await Deno.writeTextFile(
-    `${dir}/tokenizer_config.json`,
-    JSON.stringify({ eos_token: "<|endoftext|>" }),
-  );
-  await Deno.writeTextFile(
-    `${dir}/generation_config.json`,
-    JSON.stringify({ eos_token_id: DEMO_EOS }),
-  );
-  return dir;
-}
 
 Deno.test({
   name:
@@ -87,7 +68,7 @@ Deno.test({
   name: "evaluate() runs every method, scores answers, writes per-problem JSONL and a table",
   ...gpuTest,
   fn: async () => {
-    const dir = await tinyDemoModel();
+    const dir = await tinyModelWithTokenizer();
     const model = await loadModel(dir);
     const problems = [{ problem: "12+34=", answer: "46" }, { problem: "5*6=", answer: "30" }, {
       problem: "99-9=",

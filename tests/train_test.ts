@@ -5,8 +5,6 @@ import { noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { device } from "../engine/device.ts";
 import { DemoSource } from "../train/data.ts";
-import { demoTokenizerJson } from "../train/demo/init.ts";
-import { DEMO_EOS } from "../train/demo/arith.ts";
 import {
   accumulateGradients,
   DivergedError,
@@ -16,7 +14,7 @@ import {
   type TrainOptions,
 } from "../train/trainer.ts";
 import { assert, assertAlmostEquals, assertEquals, assertRejects } from "@std/assert";
-import { assertClose, gpuTest } from "./_helpers.ts";
+import { assertClose, gpuTest, tinyModelWithTokenizer } from "./_helpers.ts";
 
 const HF = new URL("./fixtures/hf/", import.meta.url).pathname;
 
@@ -64,24 +62,6 @@ Deno.test("learningRate() warms up linearly, then stays constant or follows a co
   assertClose(cos, [1, 0.5, 0], { atol: 1e-12 });
 });
 
-/** qwen2-tiny weights (vocab 512) with the demo's char tokenizer: a small trainable model with a tokenizer. */
-async function tinyWithTokenizer(): Promise<string> {
-  const dir = await Deno.makeTempDir({ prefix: "train_test_" });
-  for (const f of ["config.json", "model.safetensors"]) {
-    await Deno.copyFile(`${HF}qwen2-tiny/${f}`, `${dir}/${f}`);
-  }
-  await Deno.writeTextFile(`${dir}/tokenizer.json`, JSON.stringify(demoTokenizerJson()));
-  await Deno.writeTextFile(
-    `${dir}/tokenizer_config.json`,
-    JSON.stringify({ eos_token: "<|endoftext|>" }),
-  );
-  await Deno.writeTextFile(
-    `${dir}/generation_config.json`,
-    JSON.stringify({ eos_token_id: DEMO_EOS }),
-  );
-  return dir;
-}
-
 const quick: Partial<TrainOptions> = {
   steps: 4,
   batchSize: 4,
@@ -102,7 +82,7 @@ Deno.test({
   name: "a short EM-FT run lowers the mean response entropy; an SFT run lowers the cross-entropy",
   ...gpuTest,
   fn: async () => {
-    const dir = await tinyWithTokenizer();
+    const dir = await tinyModelWithTokenizer();
     for (const method of ["em-ft", "sft"] as const) {
       const model = await loadModel(dir, { trainable: true });
       const r = await train(model, new DemoSource(1), {
@@ -130,7 +110,7 @@ Deno.test({
   name: "resuming after a stop gives the same weights as an uninterrupted run with the same seed",
   ...gpuTest,
   fn: async () => {
-    const dir = await tinyWithTokenizer();
+    const dir = await tinyModelWithTokenizer();
     const straight = await loadModel(dir, { trainable: true });
     await train(straight, new DemoSource(3), { ...quick, outDir: `${dir}/a` }, { log: () => {} });
     const a = await weights(straight);
@@ -157,7 +137,7 @@ Deno.test({
   name: "a NaN in the model stops the run before updating and leaves the last checkpoint loadable",
   ...gpuTest,
   fn: async () => {
-    const dir = await tinyWithTokenizer();
+    const dir = await tinyModelWithTokenizer();
     const model = await loadModel(dir, { trainable: true });
     const err = await assertRejects(
       () =>
@@ -196,7 +176,7 @@ Deno.test({
   name: "a checkpoint saved by the trainer loads back with identical logits",
   ...gpuTest,
   fn: async () => {
-    const dir = await tinyWithTokenizer();
+    const dir = await tinyModelWithTokenizer();
     const model = await loadModel(dir, { trainable: true });
     await train(model, new DemoSource(9), { ...quick, steps: 2, outDir: `${dir}/run` }, {
       log: () => {},

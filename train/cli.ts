@@ -5,8 +5,8 @@
  * problems.
  * @module
  */
-import { parseArgs } from "@std/cli";
-import { initDevice, WebGPUUnavailableError } from "../engine/device.ts";
+import { is, numberFlag, parseArgs, type ParsedArgs } from "@std/cli";
+import { initDeviceOrExplain } from "../engine/device.ts";
 import { loadModel, type QwenModel } from "../engine/model/qwen.ts";
 import { DEMO_MAX_NEW_TOKENS, heldOutProblems } from "./demo/arith.ts";
 import { accuracy, type DemoScores, evaluateDemo } from "./demo/evaluate.ts";
@@ -94,26 +94,7 @@ const STRING_FLAGS = [
   "target-accuracy",
 ];
 
-type Flags = Record<string, string | boolean | string[] | undefined>;
-
-function number(
-  flags: Flags,
-  name: string,
-  fallback: number,
-  check: (v: number) => boolean,
-  what: string,
-): number {
-  const raw = flags[name];
-  if (raw === undefined) return fallback;
-  const v = Number(raw);
-  if (typeof raw !== "string" || raw.trim() === "" || !Number.isFinite(v) || !check(v)) {
-    throw new Error(`--${name} must be ${what}, got "${raw}"`);
-  }
-  return v;
-}
-
-const positiveInt = (v: number) => Number.isInteger(v) && v > 0;
-const nonNegativeInt = (v: number) => Number.isInteger(v) && v >= 0;
+type Flags = ParsedArgs;
 
 function stamp(): string {
   return new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
@@ -143,28 +124,22 @@ export function parseTrainFlags(
   }
   const options: TrainOptions = {
     method,
-    steps: number(flags, "steps", base.steps, positiveInt, "a positive integer"),
-    batchSize: number(flags, "batch-size", base.batchSize, positiveInt, "a positive integer"),
-    nSamples: number(flags, "n-samples", base.nSamples, positiveInt, "a positive integer"),
-    microBatch: number(flags, "micro-batch", base.microBatch, positiveInt, "a positive integer"),
-    lr: number(flags, "lr", base.lr, (v) => v > 0, "a positive number"),
-    warmup: number(flags, "warmup", base.warmup, nonNegativeInt, "an integer >= 0"),
+    steps: numberFlag(flags, "steps", is.positiveInt) ?? base.steps,
+    batchSize: numberFlag(flags, "batch-size", is.positiveInt) ?? base.batchSize,
+    nSamples: numberFlag(flags, "n-samples", is.positiveInt) ?? base.nSamples,
+    microBatch: numberFlag(flags, "micro-batch", is.positiveInt) ?? base.microBatch,
+    lr: numberFlag(flags, "lr", is.positive) ?? base.lr,
+    warmup: numberFlag(flags, "warmup", is.nonNegativeInt) ?? base.warmup,
     schedule,
-    weightDecay: number(flags, "weight-decay", base.weightDecay, (v) => v >= 0, "a number >= 0"),
-    clip: number(flags, "clip", base.clip, (v) => v > 0, "a positive number"),
+    weightDecay: numberFlag(flags, "weight-decay", is.nonNegative) ?? base.weightDecay,
+    clip: numberFlag(flags, "clip", is.positive) ?? base.clip,
     reduce,
-    maxNewTokens: number(
-      flags,
-      "max-new-tokens",
-      base.maxNewTokens,
-      positiveInt,
-      "a positive integer",
-    ),
-    temperature: number(flags, "temperature", base.temperature, (v) => v > 0, "a positive number"),
-    topP: number(flags, "top-p", base.topP, (v) => v > 0 && v <= 1, "in (0, 1]"),
-    seed: number(flags, "seed", base.seed, Number.isInteger, "an integer"),
-    evalEvery: number(flags, "eval-every", base.evalEvery, nonNegativeInt, "an integer >= 0"),
-    saveEvery: number(flags, "save-every", base.saveEvery, nonNegativeInt, "an integer >= 0"),
+    maxNewTokens: numberFlag(flags, "max-new-tokens", is.positiveInt) ?? base.maxNewTokens,
+    temperature: numberFlag(flags, "temperature", is.positive) ?? base.temperature,
+    topP: numberFlag(flags, "top-p", is.fraction) ?? base.topP,
+    seed: numberFlag(flags, "seed", is.int) ?? base.seed,
+    evalEvery: numberFlag(flags, "eval-every", is.nonNegativeInt) ?? base.evalEvery,
+    saveEvery: numberFlag(flags, "save-every", is.nonNegativeInt) ?? base.saveEvery,
     chat: flags.chat === true,
     outDir: typeof flags.out === "string"
       ? flags.out
@@ -173,7 +148,7 @@ export function parseTrainFlags(
   if (flags.resume && typeof flags.out !== "string") {
     throw new Error("--resume needs --out DIR (the run to continue)");
   }
-  number(flags, "target-accuracy", 0, (v) => v > 0 && v <= 1, "in (0, 1]");
+  numberFlag(flags, "target-accuracy", is.fraction);
   return { options, flags, demo };
 }
 
@@ -204,16 +179,9 @@ export async function main(args: string[]): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  try {
-    const dev = await initDevice();
-    console.log(`device: ${dev.info.description}`);
-  } catch (e) {
-    if (e instanceof WebGPUUnavailableError) {
-      console.error(`error: ${e.message}`);
-      return 1;
-    }
-    throw e;
-  }
+  const dev = await initDeviceOrExplain();
+  if (!dev) return 1;
+  console.log(`device: ${dev.info.description}`);
   const useDemoTask = flags.data === undefined;
   const checkpointDir = `${options.outDir}/checkpoint`;
   let model: QwenModel;
