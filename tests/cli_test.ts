@@ -72,3 +72,63 @@ Deno.test("train CLI names a missing data file, a bad JSONL line and a model wit
   assert(none.stderr.includes(`${dir}/nope.jsonl: cannot read`), none.stderr);
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("train CLI demo: EM-FT of the shipped model prints the before/after table and leaves the model untouched", async () => {
+  const demoModel = new URL("../train/demo/model", import.meta.url).pathname;
+  const before = await Deno.readFile(`${demoModel}/model.safetensors`);
+  const dir = await Deno.makeTempDir({ prefix: "cli_demo_" });
+  const r = await run([
+    "--steps",
+    "2",
+    "--batch-size",
+    "8",
+    "--n-samples",
+    "2",
+    "--out",
+    `${dir}/run`,
+  ]);
+  assertEquals(r.code, 0, r.stderr);
+  for (const row of ["accuracy, greedy", "accuracy, sampling T=1", "mean token entropy"]) {
+    assert(r.stdout.includes(row), r.stdout);
+  }
+  assert(/training throughput: \d+ tokens\/s/.test(r.stdout), r.stdout);
+  assert(/step 2\/2 +loss/.test(r.stdout), r.stdout);
+  const after = await Deno.readFile(`${demoModel}/model.safetensors`);
+  assert(
+    before.length === after.length && before.every((b, i) => b === after[i]),
+    "the shipped model changed",
+  );
+  await Deno.stat(`${dir}/run/checkpoint/model.safetensors`);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("eval CLI demo: every method on the demo problems with a comparison table", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../infer/eval_cli.ts", import.meta.url).pathname,
+      "--limit",
+      "40",
+      "--k",
+      "2",
+    ],
+    env: { XDG_RUNTIME_DIR: "/tmp" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+  for (
+    const m of [
+      "| greedy |",
+      "| sample |",
+      "| em-inf |",
+      "| adaptive-temp |",
+      "self-consistency (maj@2)",
+    ]
+  ) {
+    assert(text.includes(m), text);
+  }
+  assert(/EM-INF costs [\d.]+x plain sampling per generated token/.test(text), text);
+});
