@@ -121,6 +121,45 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "headAt() gives the logits rows of forward() at the chosen positions, in any number of chunks",
+  ...gpuTest,
+  fn: async () => {
+    const model = await loadModel(`${HF}qwen2-tiny`, { trainable: true });
+    const { entropy, sum } = await import("../engine/ops/mod.ts");
+    const ids = Tensor.from([3, 400, 511, 7, 0, 260, 9, 10], [2, 4], { dtype: "i32" });
+    const at = [1, 2, 5, 6, 7];
+    const full = Array.from(await noGradLogits(model, ids));
+    const V = model.config.vocabSize;
+    for (const rows of [undefined, 2, 1]) {
+      const seen: number[] = [];
+      const total = tidy(() =>
+        model.headAt(model.hidden(ids), at, (logits, from, to) => {
+          assertEquals(logits.shape, [to - from, V]);
+          seen.push(from);
+          return sum(entropy(logits));
+        }, rows)
+      );
+      const want = at.map((p) => {
+        const z = full.slice(p * V, (p + 1) * V);
+        const m = Math.max(...z);
+        const e = z.map((v) => Math.exp(v - m));
+        const s = e.reduce((a, b) => a + b, 0);
+        return -e.reduce((a, x, i) => a + (x / s) * ((z[i] - m) - Math.log(s)), 0);
+      }).reduce((a, b) => a + b, 0);
+      assertClose([await total.item()], [want], { atol: 1e-4 }, `rows per chunk ${rows}`);
+      assertEquals(seen.length, rows === undefined ? 1 : Math.ceil(at.length / rows));
+    }
+    model.dispose();
+  },
+});
+
+async function noGradLogits(model: Awaited<ReturnType<typeof loadModel>>, ids: Tensor) {
+  const { noGrad } = await import("../engine/scope.ts");
+  return await noGrad(() => tidy(() => model.forward(ids))).toArray();
+}
+
 Deno.test("the Qwen tokenizer reproduces encode_cases.json (ids and decoded text)", async () => {
   const tok = await loadTokenizer(TOK);
   const cases = JSON.parse(await Deno.readTextFile(`${TOK}encode_cases.json`));

@@ -8,7 +8,7 @@
  * @module
  */
 import { type QwenModel, saveModel } from "../engine/model/qwen.ts";
-import { concat, entropy, mul, sum } from "../engine/ops/mod.ts";
+import { concat, entropy, mulScalar, neg, sum, tokenLogProb } from "../engine/ops/mod.ts";
 import { AdamW, clipGradNorm } from "../engine/optim.ts";
 import { Rng } from "../engine/random.ts";
 import {
@@ -21,8 +21,7 @@ import { keep, noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { generate } from "../infer/generate.ts";
 import { encodePrompt, type Example, type ExampleSource } from "./data.ts";
-import { type Reduce, responseMask, tokenEntropyLoss } from "./em_ft.ts";
-import { crossEntropyLoss } from "./sft.ts";
+import { type Reduce, responseMask } from "./em_ft.ts";
 
 export type Method = "em-ft" | "sft";
 export type Schedule = "constant" | "cosine";
@@ -170,23 +169,37 @@ export function accumulateGradients(
   for (let r0 = 0; r0 < batch.rows; r0 += microBatch) {
     const r1 = Math.min(batch.rows, r0 + microBatch);
     const ids = batch.ids.slice(r0 * T, r1 * T);
-    const m = positions.slice(r0 * T, r1 * T);
+    // flat indices of the scored positions and, for SFT, the tokens they predict
+    const at: number[] = [];
+    const next: number[] = [];
+    for (let i = 0; i < (r1 - r0) * T; i++) {
+      if (positions[r0 * T + i]) at.push(i), next.push(ids[i + 1]);
+    }
+    if (at.length === 0) continue;
     const [loss, h] = tidy(() => {
-      const logits = model.forward(Tensor.from(ids, [r1 - r0, T], { dtype: "i32" }), {
+      const hidden = model.hidden(Tensor.from(ids, [r1 - r0, T], { dtype: "i32" }), {
         attentionMask: batch.mask.slice(r0 * T, r1 * T),
       });
-      const loss = method === "sft"
-        ? crossEntropyLoss(logits, ids, m, divisor)
-        : tokenEntropyLoss(logits, m, divisor);
+      const hParts: Tensor[] = [];
+      const loss = model.headAt(hidden, at, (logits, from, to) => {
+        const H = entropy(logits); // (n)
+        hParts.push(noGrad(() => sum(H).view([1])));
+        if (method === "sft") {
+          const target = Tensor.from(next.slice(from, to), [to - from], { dtype: "i32" });
+          return mulScalar(neg(sum(tokenLogProb(logits, target))), 1 / divisor);
+        }
+        return mulScalar(sum(H), 1 / divisor);
+      });
       loss.backward();
-      const h = noGrad(() => sum(mul(entropy(logits), Tensor.from(m, [r1 - r0, T]))));
-      return [noGrad(() => loss.view([1])), noGrad(() => h.view([1]))];
+      const h = noGrad(() => (hParts.length === 1 ? hParts[0] : sum(concat(hParts, 0)).view([1])));
+      return [noGrad(() => loss.view([1])), h];
     });
     losses.push(keep(loss));
     entropies.push(keep(h));
   }
   const total = (xs: Tensor[]) =>
     noGrad(() => {
+      if (xs.length === 0) return keep(Tensor.zeros([1]));
       const s = xs.length === 1 ? xs[0].view([1]) : sum(concat(xs, 0));
       xs.forEach((x) => x.dispose());
       return keep(s);

@@ -230,6 +230,11 @@ export class QwenModel {
 
   /** Logits (B, T, V) for token ids (B, T) i32. */
   forward(ids: Tensor, options: ForwardOptions = {}): Tensor {
+    return this.head(this.hidden(ids, options));
+  }
+
+  /** Final normalised hidden states (B, T, C): forward without the lm_head. */
+  hidden(ids: Tensor, options: ForwardOptions = {}): Tensor {
     const c = this.config;
     if (ids.dtype !== "i32" || ids.shape.length !== 2) {
       throw new Error(`forward: ids must be (batch, seq) i32, got [${ids.shape}] ${ids.dtype}`);
@@ -276,8 +281,40 @@ export class QwenModel {
       );
     });
     if (cache) cache.length = S;
-    const final = rmsNorm(x, this.#byName.get("model.norm.weight")!.chunks[0], c.rmsNormEps);
-    return this.head(final);
+    return rmsNorm(x, this.#byName.get("model.norm.weight")!.chunks[0], c.rmsNormEps);
+  }
+
+  /**
+   * Rows of logits (n, V) at the given flat positions of hidden states (B, T, C),
+   * in row chunks whose logits fit one storage binding; `each` maps a chunk's
+   * logits and its row range to a scalar, and the scalars are summed. Only the
+   * positions that are scored pay for the lm_head.
+   */
+  headAt(
+    hidden: Tensor,
+    positions: number[],
+    each: (logits: Tensor, from: number, to: number) => Tensor,
+    rowsPerChunk?: number,
+  ): Tensor {
+    const C = hidden.shape.at(-1)!;
+    const flat = reshape(hidden, [hidden.size / C, C]);
+    const rows = embedding(flat, Tensor.from(positions, [positions.length], { dtype: "i32" })); // (n, C)
+    const limit = device().info.maxStorageBufferBindingSize;
+    const per = Math.max(
+      1,
+      Math.min(positions.length, rowsPerChunk ?? Math.floor(limit / (4 * this.config.vocabSize))),
+    );
+    let total: Tensor | null = null;
+    for (let r = 0; r < positions.length; r += per) {
+      const to = Math.min(positions.length, r + per);
+      const part = each(
+        this.head(to - r === positions.length ? rows : slice(rows, 0, r, to)),
+        r,
+        to,
+      );
+      total = total ? add(total, part) : part;
+    }
+    return total!;
   }
 
   /** Token embeddings (..., C); a chunked table is the sum of its chunks' lookups. */
