@@ -25,11 +25,11 @@ export const DEMO_MODEL = new URL("./demo/model", import.meta.url).pathname;
 /** Settings of the no-argument demo (see README: chosen to finish in about 5 minutes on 2 CPU cores). */
 export const DEMO_DEFAULTS: Partial<TrainOptions> = {
   method: "em-ft",
-  steps: 30,
-  batchSize: 32,
+  steps: 50,
+  batchSize: 64,
   nSamples: 4,
-  microBatch: 128,
-  lr: 1e-4,
+  microBatch: 256,
+  lr: 3e-5,
   maxNewTokens: DEMO_MAX_NEW_TOKENS,
   temperature: 1,
   topP: 1,
