@@ -2,17 +2,18 @@
  * A tensor engine with tape autograd whose kernels are WGSL run through
  * WebGPU, for entropy minimization of Qwen models.
  *
- * @example Generate with a Hugging Face Qwen checkpoint
- * ```ts ignore
- * import { generate, initDevice, loadModel } from "./mod.ts";
+ * @example Generate with a Hugging Face Qwen checkpoint (here the shipped demo model)
+ * ```ts
+ * import { emInfProcessor, generate, initDevice, loadModel } from "./mod.ts";
  *
  * await initDevice();
- * const model = await loadModel("./Qwen2.5-0.5B-Instruct"); // config.json, safetensors, tokenizer.json
+ * const model = await loadModel("./train/demo/model"); // config.json, safetensors, tokenizer.json
  * const tok = model.tokenizer!;
- * const prompt = tok.applyChatTemplate([{ role: "user", content: "What is 7*8?" }], {
- *   addGenerationPrompt: true,
+ * const out = await generate(model, [tok.encode("537+268=")], {
+ *   maxNewTokens: 5,
+ *   temperature: 1,
+ *   logitsProcessor: emInfProcessor(), // EM-INF at every step
  * });
- * const out = await generate(model, [tok.encode(prompt)], { maxNewTokens: 64, temperature: 0.7, topP: 0.9 });
  * console.log(tok.decode(out.tokens[0], { skipSpecialTokens: true }));
  * ```
  *
