@@ -92,7 +92,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
  * matmulKernel. Fully unrolled into named registers: indexed arrays spill on
  * CPU adapters.
  */
-export function matmulVec4Kernel(transA: boolean, transB: boolean): string {
+export function matmulVec4Kernel(
+  transA: boolean,
+  transB: boolean,
+  bType: "f32" | "bf16" | "f16" = "f32",
+): string {
   const W = 8; // 8x8 invocations per workgroup: a 64x64 tile
   const R = [0, 1, 2, 3, 4, 5, 6, 7];
   const Q = [0, 1, 2, 3];
@@ -119,7 +123,7 @@ export function matmulVec4Kernel(transA: boolean, transB: boolean): string {
   if (transB) {
     // B stored (N, K): vec4 along k per column, regrouped into rows of 4 columns
     for (const j of R) {
-      lines.push(`let bc_${j} = b4[(bOff + min(n0 + ${j}u, N - 1u) * K + k) / 4u];`);
+      lines.push(`let bc_${j} = ldb4(bOff + min(n0 + ${j}u, N - 1u) * K + k);`);
     }
     for (const kk of Q) {
       for (const h of [0, 1]) {
@@ -132,7 +136,7 @@ export function matmulVec4Kernel(transA: boolean, transB: boolean): string {
     for (const kk of Q) {
       for (const h of [0, 1]) {
         lines.push(
-          `let b_${kk}_${h} = b4[(bOff + (k + ${kk}u) * N + min(n0 + ${4 * h}u, N - 4u)) / 4u];`,
+          `let b_${kk}_${h} = ldb4(bOff + (k + ${kk}u) * N + min(n0 + ${4 * h}u, N - 4u));`,
         );
       }
     }
@@ -148,10 +152,23 @@ export function matmulVec4Kernel(transA: boolean, transB: boolean): string {
   const stores = R.map((i) =>
     `if (m0 + ${i}u < M) { store(cOff + (m0 + ${i}u) * N, n0, N, c_${i}_0, c_${i}_1); }`
   ).join("\n  ");
+  // four consecutive elements of B from element index i (a multiple of 4)
+  const bBinding = bType === "f32"
+    ? `@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
+fn ldb4(i: u32) -> vec4<f32> { return b4[i / 4u]; }`
+    : `@group(0) @binding(2) var<storage, read> bw: array<u32>;
+fn half2(w: u32) -> vec2<f32> {
+  ${
+      bType === "bf16"
+        ? "return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));"
+        : "return unpack2x16float(w);"
+    }
+}
+fn ldb4(i: u32) -> vec4<f32> { return vec4<f32>(half2(bw[i / 2u]), half2(bw[i / 2u + 1u])); }`;
   return /* wgsl */ `
 ${paramsBlock(10)}
 @group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
+${bBinding}
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 fn store(row: u32, n0: u32, N: u32, lo: vec4<f32>, hi: vec4<f32>) {
   if (n0 + 8u <= N) {

@@ -236,3 +236,33 @@ Deno.test({
     assertClose(await w.grad!.toArray(), [Math.exp(0.5), 0, Math.exp(2)], { atol: 1e-5 });
   },
 });
+
+Deno.test({
+  name:
+    "matmul() with bf16 and f16 weights equals the f32 product of the rounded weights (vec4 and scalar paths)",
+  ...gpuTest,
+  fn: async () => {
+    const cases: [number[], number[], boolean][] = [
+      [[5, 12], [20, 12], true], // x·Wᵀ, vec4 path
+      [[3, 8], [8, 12], false], // x·W, vec4 path
+      [[5, 7], [9, 7], true], // K % 4 != 0: scalar path
+      [[2, 3, 16], [13, 16], true], // batched activations, shared weight
+    ];
+    for (const dtype of ["bf16", "f16"] as const) {
+      for (const [as, bs, transB] of cases) {
+        const a = ops.randomNormal(as, { seed: 1 });
+        const bf = ops.randomNormal(bs, { seed: 2 });
+        const bh = Tensor.from(await bf.toArray(), bs, { dtype });
+        const rounded = Tensor.from(await bh.toArray(), bs);
+        const got = await ops.matmul(a, bh, { transB }).toArray();
+        const want = await ops.matmul(a, rounded, { transB }).toArray();
+        assertClose(
+          got,
+          want,
+          { atol: 1e-5, rtol: 1e-5 },
+          `${dtype} [${as}]·[${bs}]${transB ? "ᵀ" : ""}`,
+        );
+      }
+    }
+  },
+});

@@ -95,9 +95,9 @@ function launchMatmul(
   ];
   const buffers = [a.buffer, b.buffer, out.buffer];
   // vec4 fast path: the contiguous axis of each operand and K are multiples of 4
-  if (b.dtype === "f32" && K % 4 === 0 && (!transA || M % 4 === 0) && (transB || N % 4 === 0)) {
+  if (K % 4 === 0 && (!transA || M % 4 === 0) && (transB || N % 4 === 0)) {
     device().dispatch({
-      wgsl: vec4Kernel(transA, transB),
+      wgsl: vec4Kernel(transA, transB, b.dtype as "f32" | "bf16" | "f16"),
       buffers,
       params,
       workgroups: [Math.ceil(N / 64), Math.ceil(M / 64), batch],
