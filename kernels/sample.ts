@@ -5,7 +5,7 @@
  * logit value (no sort), so a 151936-wide row needs no scratch memory.
  * @module
  */
-import { paramsBlock } from "./common.ts";
+import { paramsBlock, workgroupReduce } from "./common.ts";
 
 export const SAMPLE_WG = 128;
 
@@ -22,28 +22,9 @@ var<workgroup> red_f: array<f32, ${SAMPLE_WG}>;
 var<workgroup> red_i: array<u32, ${SAMPLE_WG}>;
 var<workgroup> shared_f: array<f32, 4>;
 
-fn wg_max(v: f32, lid: u32) -> f32 {
-  red_f[lid] = v;
-  workgroupBarrier();
-  for (var s = ${SAMPLE_WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) { red_f[lid] = max(red_f[lid], red_f[lid + s]); }
-    workgroupBarrier();
-  }
-  let r = red_f[0];
-  workgroupBarrier();
-  return r;
-}
-fn wg_sum(v: f32, lid: u32) -> f32 {
-  red_f[lid] = v;
-  workgroupBarrier();
-  for (var s = ${SAMPLE_WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) { red_f[lid] = red_f[lid] + red_f[lid + s]; }
-    workgroupBarrier();
-  }
-  let r = red_f[0];
-  workgroupBarrier();
-  return r;
-}
+${workgroupReduce(SAMPLE_WG)}
+fn wg_max(v: f32, lid: u32) -> f32 { return wg_reduce(v, lid, true); }
+fn wg_sum(v: f32, lid: u32) -> f32 { return wg_reduce(v, lid, false); }
 fn wg_count(v: u32, lid: u32) -> u32 {
   red_i[lid] = v;
   workgroupBarrier();
