@@ -3,7 +3,7 @@ import { softmaxReference } from "../engine/ops/softmax.ts";
 import { keep, noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { AdamW, clipGradNorm } from "../engine/optim.ts";
-import { sizeClass } from "../engine/device.ts";
+import { chooseBackend, sizeClass } from "../engine/device.ts";
 import { assert, assertEquals, assertThrows } from "@std/assert";
 import { assertClose, dev, gpuTest, randArray, toTensor } from "./_helpers.ts";
 import { logSumExp } from "../engine/ops/_reference.ts";
@@ -167,6 +167,15 @@ Deno.test({
       "tokenLogProb",
     );
   },
+});
+
+Deno.test("chooseBackend() keeps the user's choice, else takes Vulkan on Linux when a driver is installed", () => {
+  assertEquals(chooseBackend("linux", "gl", ["lvp_icd.x86_64.json"]), "gl");
+  assertEquals(chooseBackend("linux", undefined, ["lvp_icd.x86_64.json"]), "vulkan");
+  assertEquals(chooseBackend("linux", undefined, []), undefined); // fresh machine: GL
+  assertEquals(chooseBackend("linux", undefined, ["README"]), undefined);
+  assertEquals(chooseBackend("darwin", undefined, ["MoltenVK_icd.json"]), undefined); // Metal
+  assertEquals(chooseBackend("linux", "", ["lvp_icd.x86_64.json"]), "vulkan");
 });
 
 Deno.test("sizeClass() rounds to 256 B, then quarter steps of a power of two", () => {
