@@ -5,7 +5,7 @@
  * @module
  */
 import { add, broadcastTo, matmul, mulScalar, reshape, rope, softmax } from "./ops/mod.ts";
-import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, Tensor } from "./tensor.ts";
+import { Tensor } from "./tensor.ts";
 
 /** y = x·Wᵀ + b for W (out, in) as Hugging Face stores it. x (..., in) -> (..., out). */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
@@ -17,9 +17,8 @@ export { rmsNorm } from "./ops/norm.ts";
 
 /**
  * cos and sin tables (B, 1, T, D) of default RoPE for integer positions (B, T),
- * rounded the way transformers computes them in float32. transformers casts
- * the inv_freq buffer with the model, so a bf16/f16 checkpoint runs with
- * inv_freq rounded to that dtype: `invFreqDtype` reproduces it.
+ * rounded the way transformers computes them in float32. inv_freq stays float32
+ * whatever the weights' dtype, as `from_pretrained(dtype=bfloat16)` keeps it.
  */
 export function ropeTables(
   positions: ArrayLike<number>,
@@ -27,17 +26,11 @@ export function ropeTables(
   seq: number,
   headDim: number,
   theta: number,
-  invFreqDtype: "f32" | "bf16" | "f16" = "f32",
 ): { cos: Tensor; sin: Tensor } {
   const half = headDim / 2;
-  const round = invFreqDtype === "bf16"
-    ? (x: number) => bf16ToF32(f32ToBf16(x))
-    : invFreqDtype === "f16"
-    ? (x: number) => f16ToF32(f32ToF16(x))
-    : Math.fround;
   const invFreq = Array.from(
     { length: half },
-    (_, i) => round(Math.fround(1 / Math.fround(theta ** Math.fround((2 * i) / headDim)))),
+    (_, i) => Math.fround(1 / Math.fround(theta ** Math.fround((2 * i) / headDim))),
   );
   const cos = new Float32Array(batch * seq * headDim);
   const sin = new Float32Array(batch * seq * headDim);

@@ -23,8 +23,6 @@ export interface QwenConfig {
   attentionBias: boolean;
   /** Per-head RMSNorm of q and k before RoPE (Qwen3). */
   qkNorm: boolean;
-  /** The dtype the checkpoint declares (config "dtype" / "torch_dtype"); RoPE's inv_freq follows it. */
-  declaredDtype: "f32" | "bf16" | "f16";
   eosTokenIds: number[];
   bosTokenId: number | null;
   padTokenId: number | null;
@@ -129,7 +127,6 @@ export function parseQwenConfig(raw: Record<string, unknown>, path = "config.jso
     throw new ConfigError(path, `hidden_act "${raw.hidden_act}" is not supported (silu)`);
   }
   const isQwen3 = arch === "Qwen3ForCausalLM";
-  const declared = raw.dtype ?? raw.torch_dtype;
   return {
     architecture: arch,
     vocabSize: int("vocab_size"),
@@ -145,7 +142,6 @@ export function parseQwenConfig(raw: Record<string, unknown>, path = "config.jso
     tieWordEmbeddings: raw.tie_word_embeddings !== false,
     attentionBias: isQwen3 ? raw.attention_bias === true : true,
     qkNorm: isQwen3,
-    declaredDtype: declared === "bfloat16" ? "bf16" : declared === "float16" ? "f16" : "f32",
     eosTokenIds: ids(raw.eos_token_id),
     bosTokenId: Number.isInteger(raw.bos_token_id) ? raw.bos_token_id as number : null,
     padTokenId: Number.isInteger(raw.pad_token_id) ? raw.pad_token_id as number : null,

@@ -257,7 +257,7 @@ export class QwenModel {
     if (positions.length !== B * T) {
       throw new Error(`forward: positionIds has ${positions.length} values, expected ${B}x${T}`);
     }
-    const { cos, sin } = ropeTables(positions, B, T, c.headDim, c.ropeTheta, c.declaredDtype);
+    const { cos, sin } = ropeTables(positions, B, T, c.headDim, c.ropeTheta);
     const bias = attentionBias(mask, B, T, S);
     const scale = 1 / Math.sqrt(c.headDim);
     const heads = (x: Tensor, n: number, norm: Tensor | null) => {
