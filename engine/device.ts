@@ -106,6 +106,10 @@ export function sizeClass(bytes: number): number {
   return 2 * p;
 }
 
+/** i32 slots of Device.errorBuffer: what a kernel found wrong with its input. */
+export const ERROR_SLOTS = { badTokenCount: 0, badTokenId: 1, vocabSize: 2 } as const;
+const ERROR_BYTES = 16;
+
 /** A scalar kernel parameter: u32 by default, or f32/i32 (bit-cast into the u32 slot). */
 export type Param = number | { f32: number } | { i32: number };
 
@@ -140,10 +144,16 @@ export class Device {
   /** GPU milliseconds by kernel label, filled while profiling (timestamp-query). */
   readonly kernelMillis: Map<string, number> = new Map();
   #profile: { set: GPUQuerySet; labels: string[]; pending: Promise<void>[] } | null = null;
+  /**
+   * Where kernels report bad input they find on the GPU (ERROR_SLOTS), read
+   * with every readback: the next `read` throws naming the problem.
+   */
+  readonly errorBuffer: GPUBuffer;
 
   private constructor(gpu: GPUDevice, info: DeviceInfo) {
     this.gpu = gpu;
     this.info = info;
+    this.errorBuffer = gpu.createBuffer({ size: ERROR_BYTES, usage: STORAGE_USAGE });
     gpu.lost.then((lost) => {
       if (lost.reason !== "destroyed") this.#error = `GPU device lost: ${lost.message}`;
     });
@@ -416,10 +426,15 @@ export class Device {
     this.#recycle();
   }
 
-  /** Reads `bytes` bytes of a storage buffer back to the CPU. */
+  /**
+   * Reads `bytes` bytes of a storage buffer back to the CPU. Throws when a
+   * kernel reported bad input (errorBuffer) since the last read.
+   */
   async read(buf: GPUBuffer, bytes: number, offset = 0): Promise<ArrayBuffer> {
-    const staging = this.#acquire(bytes, READ_USAGE);
-    this.copy(buf, offset, staging, 0, Math.ceil(bytes / 4) * 4);
+    const aligned = Math.ceil(bytes / 4) * 4;
+    const staging = this.#acquire(aligned + ERROR_BYTES, READ_USAGE);
+    this.copy(buf, offset, staging, 0, aligned);
+    this.copy(this.errorBuffer, 0, staging, aligned, ERROR_BYTES);
     this.flush();
     try {
       await staging.mapAsync(GPUMapMode.READ, 0, staging.size);
@@ -428,9 +443,22 @@ export class Device {
       throw new DeviceError(`reading back from the GPU failed: ${(e as Error).message}`);
     }
     this.#check();
-    const out = staging.getMappedRange(0, staging.size).slice(0, bytes);
+    const mapped = staging.getMappedRange(0, staging.size);
+    const out = mapped.slice(0, bytes);
+    const errors = new Int32Array(mapped.slice(aligned, aligned + ERROR_BYTES));
     staging.unmap();
     this.#release(staging, READ_USAGE);
+    if (errors[ERROR_SLOTS.badTokenCount] !== 0) {
+      this.gpu.queue.writeBuffer(this.errorBuffer, 0, new Int32Array(ERROR_BYTES / 4));
+      const n = errors[ERROR_SLOTS.badTokenCount];
+      throw new DeviceError(
+        `embedding: ${n} token id${n === 1 ? "" : "s"} outside the vocabulary [0, ${
+          errors[ERROR_SLOTS.vocabSize]
+        }) ${n === 1 ? "was" : "were"} looked up (e.g. ${
+          errors[ERROR_SLOTS.badTokenId]
+        }); ids must come from the model's own tokenizer`,
+      );
+    }
     return out;
   }
 

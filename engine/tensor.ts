@@ -39,7 +39,7 @@ export function numel(shape: readonly number[]): number {
 
 function checkShape(shape: readonly number[], what: string): void {
   if (!shape.every((d) => Number.isInteger(d) && d >= 0)) {
-    throw new Error(`${what}: shape [${shape}] must hold non-negative integers`);
+    throw new Error(`${what}: shape must be non-negative integers, got [${shape}]`);
   }
 }
 
@@ -124,6 +124,7 @@ export class Tensor implements Disposable {
 
   /** A tensor filled with `value`. */
   static full(shape: readonly number[], value: number, options: TensorOptions = {}): Tensor {
+    checkShape(shape, "Tensor.full");
     return Tensor.from(new Float32Array(numel(shape)).fill(value), shape, options);
   }
 

@@ -59,6 +59,25 @@ export function leftPad(
   return { ids, mask, length };
 }
 
+/** Thrown when a step's logits cannot be sampled (NaN or +Inf): names the step and the row. */
+export class NonFiniteLogitsError extends Error {
+  constructor(readonly step: number, readonly row: number) {
+    super(
+      `generate: step ${step}, row ${row}: the logits are NaN or Inf, so no token can be sampled. ` +
+        "Likely cause: non-finite weights (a corrupt or badly converted checkpoint; loadModel checks " +
+        "the weights unless checkFinite is false) or an overflow in a logits processor",
+    );
+    this.name = "NonFiniteLogitsError";
+  }
+}
+
+/** Throws for the first row whose flag (step + 1, from the sampler) is set. */
+function throwIfUnusable(flags: ArrayLike<number>): void {
+  for (let b = 0; b < flags.length; b++) {
+    if (flags[b] > 0) throw new NonFiniteLogitsError(flags[b] - 1, b);
+  }
+}
+
 /** Generates continuations of token-id prompts. */
 export async function generate(
   model: QwenModel,
@@ -93,6 +112,7 @@ export async function generate(
     return acc;
   }, []);
   let input: Tensor = keep(Tensor.from(ids, [B, P], { dtype: "i32" }));
+  const unusable = keep(Tensor.zeros([B], { dtype: "i32" })); // (B) step + 1 of a NaN/Inf row
   let steps = 0;
   const stepEntropies: Tensor[] = [];
   try {
@@ -105,15 +125,16 @@ export async function generate(
           let last = reshape(slice(logits, 1, T - 1, T), [B, vocab]); // (B, V)
           if (options.logitsProcessor) last = options.logitsProcessor(last, step);
           if (options.returnEntropies) stepEntropies.push(keep(entropy(last)));
-          return sampleTokens(last, options, drawUniforms(rng, B));
+          return sampleTokens(last, options, drawUniforms(rng, B), { flags: unusable, step });
         })
       );
       input.dispose();
       input = keep(reshape(next, [B, 1]));
       next.dispose();
-      const newIds = Array.from(await input.toArray());
+      const [newIds, bad] = await Promise.all([input.toArray(), unusable.toArray()]);
+      throwIfUnusable(bad);
       steps++;
-      const reported = newIds.map((id, b) => {
+      const reported = Array.from(newIds, (id, b) => {
         if (finished[b]) return -1;
         tokens[b].push(id);
         if (eos.has(id)) finished[b] = true;
@@ -125,6 +146,7 @@ export async function generate(
     }
   } finally {
     input.dispose();
+    unusable.dispose();
     cache.dispose();
   }
   let entropies: number[][] | undefined;

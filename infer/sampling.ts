@@ -33,14 +33,25 @@ function resolved(
   return { greedy: o.greedy === true || temperature === 0, temperature, topK, topP };
 }
 
+/** Where sampleTokens reports rows of logits it cannot sample: NaN, +Inf, or no finite logit (-Inf bans a token). */
+export interface NonFiniteReport {
+  /** (rows) i32, zero-initialised: such a row gets `step + 1` the first time. */
+  flags: Tensor;
+  /** The decoding step written into `flags` (default 0). */
+  step?: number;
+}
+
 /**
  * One token id per row of logits (rows, V), picked on the GPU; `uniforms`
- * (one per row, in [0, 1)) make it reproducible. Returns ids (rows) i32.
+ * (one per row, in [0, 1)) make it reproducible. Returns ids (rows) i32,
+ * always inside [0, V): a row with NaN or +Inf logits gets id 0 and is flagged
+ * in `report.flags`, which the caller must check (generate() does).
  */
 export function sampleTokens(
   logits: Tensor,
   options: SamplingOptions,
   uniforms: ArrayLike<number>,
+  report?: NonFiniteReport,
 ): Tensor {
   const o = resolved(options);
   const V = logits.shape.at(-1)!;
@@ -48,11 +59,24 @@ export function sampleTokens(
   if (uniforms.length !== rows) {
     throw new Error(`sampleTokens: ${uniforms.length} uniforms for ${rows} rows`);
   }
+  if (report && report.flags.size !== rows) {
+    throw new Error(`sampleTokens: report.flags has ${report.flags.size} entries for ${rows} rows`);
+  }
   const u = Tensor.from(uniforms, [rows]);
   const ids = Tensor.empty([rows], "i32");
-  const params = [rows, V, o.greedy ? 1 : 0, { f32: o.temperature || 1 }, o.topK, { f32: o.topP }];
-  launchRows(sampleKernel, [logits, u, ids], params, rows, "sample");
+  const flags = report?.flags ?? Tensor.zeros([rows], { dtype: "i32" });
+  const params = [
+    rows,
+    V,
+    o.greedy ? 1 : 0,
+    { f32: o.temperature || 1 },
+    o.topK,
+    { f32: o.topP },
+    report?.step ?? 0,
+  ];
+  launchRows(sampleKernel, [logits, u, ids, flags], params, rows, "sample");
   u.dispose();
+  if (!report) flags.dispose();
   return ids;
 }
 

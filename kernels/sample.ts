@@ -11,13 +11,16 @@ export const SAMPLE_WG = 128;
 
 /**
  * Params: rows, V, greedy (u32), temperature (f32), topK (u32, 0 = off),
- * topP (f32, 1 = off), groupsX. Bindings: z (rows, V), u (rows), ids out (rows) i32.
+ * topP (f32, 1 = off), step, groupsX. Bindings: z (rows, V), u (rows), ids out
+ * (rows) i32, bad (rows) i32. A row holding NaN or Inf gets id 0 (never an id
+ * outside the vocabulary) and, if bad[row] is still 0, bad[row] = step + 1.
  */
 export const sampleKernel = /* wgsl */ `
-${paramsBlock(7)}
+${paramsBlock(8)}
 @group(0) @binding(1) var<storage, read> z: array<f32>;
 @group(0) @binding(2) var<storage, read> u: array<f32>;
 @group(0) @binding(3) var<storage, read_write> ids: array<i32>;
+@group(0) @binding(4) var<storage, read_write> bad: array<i32>;
 var<workgroup> red_f: array<f32, ${SAMPLE_WG}>;
 var<workgroup> red_i: array<u32, ${SAMPLE_WG}>;
 var<workgroup> shared_f: array<f32, 4>;
@@ -39,7 +42,7 @@ fn wg_count(v: u32, lid: u32) -> u32 {
 
 @compute @workgroup_size(${SAMPLE_WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-  let row = wid.x + wid.y * pu(6u);
+  let row = wid.x + wid.y * pu(7u);
   let lid = lid3.x;
   let rows = pu(0u); let V = pu(1u);
   if (row >= rows) { return; }
@@ -50,10 +53,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let chunk = (V + ${SAMPLE_WG - 1}u) / ${SAMPLE_WG}u;
   let j0 = min(lid * chunk, V); let j1 = min(j0 + chunk, V);
 
-  // max logit (first index on ties for greedy)
+  // max logit (first index on ties for greedy). -Inf bans a token; NaN, +Inf, or a row
+  // with no finite logit cannot be sampled. Checked on the bits: NaN compares unreliably.
   var m = -3.402823e38;
-  for (var j = j0; j < j1; j++) { m = max(m, z[base + j]); }
+  var unusable = 0.0;
+  var finite = 0.0;
+  for (var j = j0; j < j1; j++) {
+    let v = z[base + j];
+    let bits = bitcast<u32>(v);
+    if ((bits & 0x7f800000u) != 0x7f800000u) { finite = 1.0; m = max(m, v); }
+    else if (bits != 0xff800000u) { unusable = 1.0; }
+  }
   m = wg_max(m, lid);
+  if (wg_max(unusable, lid) > 0.0 || wg_max(finite, lid) == 0.0) {
+    if (lid == 0u) {
+      ids[row] = 0;
+      if (bad[row] == 0) { bad[row] = i32(pu(6u)) + 1; }
+    }
+    return;
+  }
   if (greedy) {
     var first = 0xffffffffu;
     for (var j = j0; j < j1; j++) { if (z[base + j] == m && first == 0xffffffffu) { first = j; } }
@@ -63,14 +81,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       if (lid < s) { red_i[lid] = min(red_i[lid], red_i[lid + s]); }
       workgroupBarrier();
     }
-    if (lid == 0u) { ids[row] = i32(red_i[0]); }
+    if (lid == 0u) { ids[row] = i32(min(red_i[0], V - 1u)); }
     return;
   }
 
   // lowest kept logit: top-k then top-p thresholds, by bisection on the value
   var lo = -3.402823e38;
   var mn = 3.402823e38;
-  for (var j = j0; j < j1; j++) { mn = min(mn, z[base + j]); }
+  for (var j = j0; j < j1; j++) { let v = z[base + j]; if (v >= -3.402823e38) { mn = min(mn, v); } }
   mn = -wg_max(-mn, lid);
   if (top_k > 0u && top_k < V) {
     // largest t with count(z >= t) >= k
@@ -144,7 +162,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         rest -= p;
       }
     }
-    ids[row] = i32(pick);
+    ids[row] = i32(min(pick, V - 1u));
   }
 }
 `;

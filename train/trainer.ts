@@ -19,7 +19,7 @@ import {
 } from "../engine/safetensors.ts";
 import { keep, noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
-import { generate } from "../infer/generate.ts";
+import { generate, NonFiniteLogitsError } from "../infer/generate.ts";
 import { encodePrompt, type Example, type ExampleSource } from "./data.ts";
 import { type Reduce, responseMask } from "./em_ft.ts";
 
@@ -310,7 +310,19 @@ export async function train(
       await hooks.beforeStep?.(step, model);
       const stepStart = performance.now();
       const examples = source.next(o.batchSize);
-      const batch = await buildBatch(model, examples, o, sampleRng, pad, eos);
+      const lastGood = checkpoint
+        ? `The last good checkpoint is ${checkpoint}.`
+        : "No checkpoint was saved yet.";
+      let batch: Batch;
+      try {
+        batch = await buildBatch(model, examples, o, sampleRng, pad, eos);
+      } catch (e) {
+        if (!(e instanceof NonFiniteLogitsError)) throw e;
+        throw new DivergedError(
+          `step ${step}: the model's logits are NaN or Inf while sampling (${e.message}); ` +
+            `stopped before updating. ${lastGood}`,
+        );
+      }
       const lr = learningRate(o, step);
       opt.lr = lr;
       opt.zeroGrad();
@@ -331,10 +343,7 @@ export async function train(
         throw new DivergedError(
           `step ${step}: the ${Number.isFinite(loss) ? "gradient norm" : "loss"} is ${
             Number.isFinite(loss) ? gradNorm : loss
-          }; stopped before updating. ` +
-            (checkpoint
-              ? `The last good checkpoint is ${checkpoint}.`
-              : "No checkpoint was saved yet."),
+          }; stopped before updating. ${lastGood}`,
         );
       }
       opt.update();

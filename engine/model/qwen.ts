@@ -14,6 +14,7 @@ import {
   embedding,
   fill,
   matmul,
+  nonFiniteCounts,
   mul,
   permute,
   randomNormal,
@@ -50,6 +51,10 @@ export interface LoadOptions {
   trainable?: boolean;
   /** Largest chunk of a 2-D weight in bytes (default: the adapter's maxStorageBufferBindingSize). */
   chunkBytes?: number;
+  /** Refuse weights holding NaN or Inf, naming the first such tensor (default true; one GPU pass). */
+  checkFinite?: boolean;
+  /** Where warnings go, e.g. checkpoint tensors the config does not use (default console.warn). */
+  warn?: (message: string) => void;
 }
 
 /** Options of QwenModel.forward. */
@@ -323,7 +328,7 @@ export class QwenModel {
     let offset = 0;
     let out: Tensor | null = null;
     for (const w of p.chunks) {
-      const e = embedding(w, ids, offset);
+      const e = embedding(w, ids, offset, this.config.vocabSize);
       out = out ? add(out, e) : e;
       offset += w.shape[0];
     }
@@ -450,6 +455,8 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
       if (options.trainable) chunks.forEach((t) => t.requiresGrad = true);
       parameters.push({ name, shape, chunks });
     }
+    checkUnused(dir, config, ckpt.names, options.warn ?? console.warn);
+    if (options.checkFinite !== false) await checkFinite(parameters, ckpt);
   } catch (e) {
     parameters.forEach((p) => p.chunks.forEach((t) => t.dispose()));
     throw e;
@@ -484,6 +491,52 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     generation,
     sourceDir: await Deno.realPath(dir),
   });
+}
+
+/**
+ * Checkpoint tensors the config does not use: an error for layer tensors (a
+ * config with fewer layers, or without a feature the weights have, would run
+ * a different model), a warning for others, as transformers reports "weights
+ * not used". RoPE inv_freq buffers of old checkpoints are ignored, as there.
+ */
+function checkUnused(
+  dir: string,
+  config: QwenConfig,
+  names: string[],
+  warn: (message: string) => void,
+): void {
+  const used = new Set(expectedParameters(config).map(([n]) => n));
+  if (config.tieWordEmbeddings) used.add("lm_head.weight"); // tied: the same tensor
+  const unused = names.filter((n) => !used.has(n) && !n.endsWith("rotary_emb.inv_freq"));
+  const layer = unused.find((n) => /^model\.layers\.\d+\./.test(n));
+  if (layer) {
+    const i = Number(layer.split(".")[2]);
+    throw new Error(
+      i >= config.numLayers
+        ? `${dir}: the checkpoint has tensors of layer ${i} ("${layer}") but config.json says num_hidden_layers ${config.numLayers}; fix config.json or the checkpoint`
+        : `${dir}: the checkpoint has tensor "${layer}", which config.json (${config.architecture}) does not use; the config does not match the weights`,
+    );
+  }
+  if (unused.length) {
+    warn(`${dir}: weights not used by ${config.architecture}: ${unused.join(", ")}`);
+  }
+}
+
+/** Throws naming the first parameter (in checkpoint order) that holds NaN or Inf. */
+async function checkFinite(parameters: Parameter[], ckpt: Checkpoint): Promise<void> {
+  const counts = await nonFiniteCounts(parameters.flatMap((p) => p.chunks));
+  let at = 0;
+  for (const p of parameters) {
+    const n = counts.slice(at, at += p.chunks.length).reduce((a, b) => a + b, 0);
+    if (n > 0) {
+      throw new Error(
+        `${ckpt.fileOf(p.name)}: tensor "${p.name}" holds ${n} NaN/Inf value${
+          n === 1 ? "" : "s"
+        }: the checkpoint is corrupt or overflowed when converted. ` +
+          "Load it anyway with checkFinite: false (CLI: --no-weight-check)",
+      );
+    }
+  }
 }
 
 function idList(v: unknown): number[] {

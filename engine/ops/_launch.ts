@@ -1,12 +1,13 @@
 /** Small helpers ops use to launch kernels. @module */
 import { device, type Param } from "../device.ts";
 import { grid1d } from "../../kernels/common.ts";
-import type { Tensor } from "../tensor.ts";
+/** A tensor, or a raw buffer such as Device.errorBuffer. */
+type Bindable = { buffer: GPUBuffer };
 
 /** Dispatches a 1-D element-parallel kernel over n invocations. */
 export function launch1d(
   wgsl: string,
-  tensors: Tensor[],
+  tensors: Bindable[],
   params: Param[],
   n: number,
   label: string,
@@ -25,7 +26,7 @@ export function launch1d(
 /** Dispatches one workgroup per row (rows folded into y past the x limit); `groupsX` is appended. */
 export function launchRows(
   wgsl: string,
-  tensors: Tensor[],
+  tensors: Bindable[],
   params: Param[],
   rows: number,
   label: string,

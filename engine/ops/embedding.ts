@@ -1,5 +1,6 @@
 /** Embedding lookup: weight (V, C), ids (...) i32 -> (..., C). @module */
 import { embeddingBackwardKernel, embeddingKernel } from "../../kernels/embedding.ts";
+import { device } from "../device.ts";
 import { record, Tensor } from "../tensor.ts";
 import { launch1d, memo } from "./_launch.ts";
 import type { NDArray } from "./_reference.ts";
@@ -9,10 +10,12 @@ const kernel = memo(embeddingKernel);
 
 /**
  * Rows of `weight` picked by `ids`. With `offset`, weight holds rows
- * [offset, offset + V) of a larger table and other ids give zeros, so a table
- * split into chunks is the sum of the chunks' lookups.
+ * [offset, offset + V) of a table of `vocab` rows and other ids give zeros,
+ * so a table split into chunks is the sum of the chunks' lookups. An id
+ * outside [0, vocab) is an error, reported at the next readback (the ids live
+ * on the GPU).
  */
-export function embedding(weight: Tensor, ids: Tensor, offset = 0): Tensor {
+export function embedding(weight: Tensor, ids: Tensor, offset = 0, vocab?: number): Tensor {
   if (weight.shape.length !== 2) {
     throw new Error(`embedding: weight must be (V, C), got [${weight.shape}]`);
   }
@@ -22,8 +25,8 @@ export function embedding(weight: Tensor, ids: Tensor, offset = 0): Tensor {
   const out = Tensor.empty([...ids.shape, C]);
   launch1d(
     kernel(weight.dtype),
-    [weight, ids, out],
-    [ids.size, C, V, { i32: offset }],
+    [weight, ids, out, { buffer: device().errorBuffer }],
+    [ids.size, C, V, { i32: offset }, { i32: vocab ?? offset + V }],
     out.size,
     "embedding",
   );

@@ -7,3 +7,4 @@ export * from "./shape.ts";
 export * from "./embedding.ts";
 export { fill, randomNormal } from "./fill.ts";
 export { rmsNorm, rope } from "./norm.ts";
+export { nonFiniteCounts, nonFiniteCountsReference } from "./finite.ts";
