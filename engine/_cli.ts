@@ -9,6 +9,8 @@ export interface FlagSpec {
   string?: string[];
   boolean?: string[];
   default?: Record<string, string | boolean>;
+  /** Accept positional arguments (default false: a stray word is an error, e.g. an unquoted prompt). */
+  positionals?: boolean;
 }
 
 /** Parses `--flag value`, `--flag=value` and boolean `--flag`; unknown flags throw naming the flag. */
@@ -23,6 +25,7 @@ export function parseArgs(args: string[], spec: FlagSpec): ParsedArgs {
   for (const s of spec.string ?? []) options[s] = { type: "string" };
   for (const b of spec.boolean ?? []) options[b] = { type: "boolean" };
   for (const [k, v] of Object.entries(spec.default ?? {})) if (options[k]) options[k].default = v;
+  let parsed: ParsedArgs;
   try {
     const { values, positionals } = nodeParseArgs({
       args,
@@ -30,11 +33,22 @@ export function parseArgs(args: string[], spec: FlagSpec): ParsedArgs {
       allowPositionals: true,
       strict: true,
     });
-    return { ...(values as Record<string, string | boolean>), _: positionals };
+    parsed = { ...(values as Record<string, string | boolean>), _: positionals };
   } catch (e) {
     throw new Error((e as Error).message.replace(/^.*?: /, ""));
   }
+  if (!spec.positionals && parsed._.length > 0) {
+    throw new Error(
+      `unexpected argument "${
+        parsed._[0]
+      }": every value follows its --flag (quote text with spaces)`,
+    );
+  }
+  return parsed;
 }
+
+/** A decimal number as people write it: no hex, octal, binary, Infinity or blanks. */
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
 
 /** Checks of numeric flag values, with the words an error uses. */
 export const is = {
@@ -55,7 +69,7 @@ export function numberFlag(
   const raw = flags[name];
   if (raw === undefined) return undefined;
   const v = Number(raw);
-  if (typeof raw !== "string" || raw.trim() === "" || !Number.isFinite(v) || !check(v)) {
+  if (typeof raw !== "string" || !DECIMAL.test(raw) || !Number.isFinite(v) || !check(v)) {
     throw new Error(`--${name} must be ${what}, got "${raw}"`);
   }
   return v;

@@ -8,6 +8,7 @@
  * Writing goes to a temporary file that is renamed into place.
  * @module
  */
+import { atomicWrite } from "./atomic.ts";
 import { device } from "./device.ts";
 import { type DType, DTYPE_BYTES, f16ToF32, Tensor } from "./tensor.ts";
 
@@ -18,6 +19,8 @@ export class SafetensorsError extends Error {
     this.name = "SafetensorsError";
   }
 }
+
+export { atomicWrite };
 
 /** Element sizes of the safetensors dtypes. */
 export const SAFETENSORS_DTYPE_BYTES = {
@@ -176,7 +179,11 @@ export class SafetensorsFile {
       throw new SafetensorsError(path, `cannot open (${(e as Error).message})`);
     }
     try {
-      const size = (await file.stat()).size;
+      const stat = await file.stat();
+      if (stat.isDirectory) {
+        throw new SafetensorsError(path, "is a directory, not a safetensors file");
+      }
+      const size = stat.size;
       if (size < 8) {
         throw new SafetensorsError(path, `truncated: ${size} bytes, no 8-byte header length`);
       }
@@ -288,9 +295,10 @@ export async function writeSafetensors(
     header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + need] };
     offset += need;
   }
-  let json = JSON.stringify(header);
-  json += " ".repeat((8 - (json.length % 8)) % 8); // align the data to 8 bytes
-  const jsonBytes = new TextEncoder().encode(json);
+  const json = new TextEncoder().encode(JSON.stringify(header));
+  // pad with spaces so the data starts 8-byte aligned (counted in bytes: metadata may be non-ASCII)
+  const jsonBytes = new Uint8Array(Math.ceil(json.length / 8) * 8).fill(0x20);
+  jsonBytes.set(json);
   const lenBytes = new Uint8Array(8);
   new DataView(lenBytes.buffer).setBigUint64(0, BigInt(jsonBytes.length), true);
   await atomicWrite(path, async (file) => {
@@ -305,25 +313,6 @@ export async function writeSafetensors(
 async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
   let done = 0;
   while (done < bytes.length) done += await file.write(bytes.subarray(done));
-}
-
-/** Writes through `fill` into a temp file beside `path`, syncs, then renames it into place. */
-export async function atomicWrite(
-  path: string,
-  fill: (file: Deno.FsFile) => Promise<void>,
-): Promise<void> {
-  const tmp = `${path}.tmp-${Deno.pid}-${Math.random().toString(36).slice(2)}`;
-  const file = await Deno.open(tmp, { write: true, create: true, truncate: true });
-  try {
-    await fill(file);
-    await file.sync();
-  } catch (e) {
-    file.close();
-    await Deno.remove(tmp).catch(() => {});
-    throw e;
-  }
-  file.close();
-  await Deno.rename(tmp, path);
 }
 
 /** A checkpoint directory: model.safetensors, or shards listed in model.safetensors.index.json. */
@@ -363,6 +352,17 @@ export class Checkpoint {
       throw new SafetensorsError(index, "has no weight_map object");
     }
     const shards = [...new Set(Object.values(map))];
+    for (const s of shards) {
+      // shard names are file names inside the checkpoint directory, nothing else
+      if (
+        typeof s !== "string" || s === "" || s.startsWith("/") || /(^|[\\/])\.\.([\\/]|$)/.test(s)
+      ) {
+        throw new SafetensorsError(
+          index,
+          `weight_map points to ${JSON.stringify(s)}, outside the checkpoint directory`,
+        );
+      }
+    }
     const files: SafetensorsFile[] = [];
     try {
       for (const s of shards) files.push(await SafetensorsFile.open(`${dirOrFile}/${s}`));

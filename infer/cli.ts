@@ -7,7 +7,7 @@
 import { is, numberFlag, parseArgs } from "@std/cli";
 import { initDeviceOrExplain } from "../engine/device.ts";
 import { loadModel } from "../engine/model/qwen.ts";
-import { generate } from "./generate.ts";
+import { generate, NonFiniteLogitsError } from "./generate.ts";
 import { EM_INF_DEFAULTS, emInfProcessor } from "./em_inf.ts";
 import type { Tensor } from "../engine/tensor.ts";
 
@@ -31,6 +31,7 @@ Generates text with a Hugging Face Qwen2/Qwen2.5/Qwen3 checkpoint directory
   --em-inf-steps N      EM-INF steps at most (default 5)
   --em-inf-kl X         EM-INF KL(p0||p) weight (default 0.001)
   --em-inf-threshold X  EM-INF stops a row below this entropy (default 0.3)
+  --no-weight-check     skip the NaN/Inf check of the weights at load (one GPU pass over them)
   --help                this text`;
 
 export async function main(args: string[]): Promise<number> {
@@ -50,7 +51,7 @@ export async function main(args: string[]): Promise<number> {
         "em-inf-kl",
         "em-inf-threshold",
       ],
-      boolean: ["chat", "greedy", "no-thinking", "em-inf", "help"],
+      boolean: ["chat", "greedy", "no-thinking", "em-inf", "no-weight-check", "help"],
     });
   } catch (e) {
     console.error(`error: ${(e as Error).message}\n\n${HELP}`);
@@ -97,7 +98,7 @@ export async function main(args: string[]): Promise<number> {
   if (!await initDeviceOrExplain()) return 1;
   let model;
   try {
-    model = await loadModel(flags.model);
+    model = await loadModel(flags.model, { checkFinite: !flags["no-weight-check"] });
   } catch (e) {
     console.error(`error: ${(e as Error).message}`);
     return 1;
@@ -125,6 +126,17 @@ export async function main(args: string[]): Promise<number> {
   let printed = "";
   const ids: number[] = [];
   const promptIds = tok.encode(text);
+  if (promptIds.length === 0) {
+    console.error(`error: --prompt: the prompt encodes to no tokens`);
+    return 2;
+  }
+  const maxPos = model.config.maxPositionEmbeddings;
+  if (promptIds.length > maxPos) {
+    console.error(
+      `error: --prompt: the prompt is ${promptIds.length} tokens, more than max_position_embeddings ${maxPos} of ${flags.model}/config.json`,
+    );
+    return 2;
+  }
   const tooBig = promptIds.find((id) => id >= model.config.vocabSize);
   if (tooBig !== undefined) {
     console.error(
@@ -133,23 +145,30 @@ export async function main(args: string[]): Promise<number> {
     return 1;
   }
   const t0 = performance.now();
-  const r = await generate(model, [promptIds], {
-    ...options,
-    temperature: options.temperature ?? g.temperature ?? 1,
-    topP: options.topP ?? g.topP ?? 1,
-    topK: options.topK ?? g.topK ?? 0,
-    logitsProcessor: processor,
-    onStep: ([id]) => {
-      if (id < 0 || g.eosTokenIds.includes(id)) return;
-      ids.push(id);
-      // decode the whole continuation so multi-byte characters come out whole
-      const full = tok.decode(ids, { skipSpecialTokens: true });
-      if (!full.endsWith("\uFFFD")) {
-        Deno.stdout.writeSync(encoder.encode(full.slice(printed.length)));
-        printed = full;
-      }
-    },
-  });
+  let r;
+  try {
+    r = await generate(model, [promptIds], {
+      ...options,
+      temperature: options.temperature ?? g.temperature ?? 1,
+      topP: options.topP ?? g.topP ?? 1,
+      topK: options.topK ?? g.topK ?? 0,
+      logitsProcessor: processor,
+      onStep: ([id]) => {
+        if (id < 0 || g.eosTokenIds.includes(id)) return;
+        ids.push(id);
+        // decode the whole continuation so multi-byte characters come out whole
+        const full = tok.decode(ids, { skipSpecialTokens: true });
+        if (!full.endsWith("\uFFFD")) {
+          Deno.stdout.writeSync(encoder.encode(full.slice(printed.length)));
+          printed = full;
+        }
+      },
+    });
+  } catch (e) {
+    if (!(e instanceof NonFiniteLogitsError)) throw e;
+    console.error(`\nerror: ${e.message}`);
+    return 1;
+  }
   const secs = (performance.now() - t0) / 1000;
   console.log(
     `\n[${r.tokens[0].length} tokens in ${secs.toFixed(1)} s, ${

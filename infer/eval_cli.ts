@@ -34,6 +34,7 @@ With no --model and no --data: the demo model on ${DEMO_HELD_OUT} held-out arith
   --adaptive-alpha X --adaptive-delta X   adaptive temperature (defaults 0.5, 0.1)
   --out FILE.jsonl          per-problem results (default: none)
   --seed N                  (default 0)
+  --no-weight-check         skip the NaN/Inf check of the weights at load (one GPU pass)
   --help`;
 
 export async function readProblems(path: string): Promise<EvalProblem[]> {
@@ -89,7 +90,7 @@ export async function main(args: string[]): Promise<number> {
         "out",
         "seed",
       ],
-      boolean: ["chat", "no-chat", "help"],
+      boolean: ["chat", "no-chat", "no-weight-check", "help"],
     });
     if (flags.help) {
       console.log(HELP);
@@ -139,7 +140,7 @@ export async function main(args: string[]): Promise<number> {
   let problems: EvalProblem[];
   try {
     const dir = typeof flags.model === "string" ? flags.model : DEMO_MODEL;
-    model = await loadModel(dir);
+    model = await loadModel(dir, { checkFinite: !flags["no-weight-check"] });
     if (!model.tokenizer) {
       throw new Error(`${dir}/tokenizer.json not found: evaluation needs the model's tokenizer`);
     }
@@ -155,11 +156,18 @@ export async function main(args: string[]): Promise<number> {
     ? false
     : flags.chat === true || (!options.demo && model.tokenizer!.hasChatTemplate);
   console.log(`evaluating ${problems.length} problems with ${options.methods.join(", ")}`);
-  const rows = await evaluate(model, problems, {
-    ...options,
-    chat,
-    outFile: typeof flags.out === "string" ? flags.out : undefined,
-  });
+  let rows;
+  try {
+    rows = await evaluate(model, problems, {
+      ...options,
+      chat,
+      outFile: typeof flags.out === "string" ? flags.out : undefined,
+    });
+  } catch (e) {
+    // e.g. NaN logits or a problem longer than the model's context: the message says which
+    console.error(`error: ${(e as Error).message}`);
+    return 1;
+  }
   console.log(`\n${summaryTable(rows, options.k)}\n`);
   const s = rows.find((r) => r.method === "sample");
   const e = rows.find((r) => r.method === "em-inf");

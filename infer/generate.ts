@@ -84,9 +84,16 @@ export async function generate(
   prompts: number[][],
   options: GenerateOptions = {},
 ): Promise<GenerateResult> {
-  if (prompts.length === 0 || prompts.some((p) => p.length === 0)) {
-    throw new Error("generate: every prompt needs at least one token");
-  }
+  if (prompts.length === 0) throw new Error("generate: no prompts");
+  const maxPos = model.config.maxPositionEmbeddings;
+  prompts.forEach((p, i) => {
+    if (p.length === 0) throw new Error(`generate: prompt ${i} encodes to no tokens`);
+    if (p.length > maxPos) {
+      throw new Error(
+        `generate: prompt ${i} has ${p.length} tokens, more than the model's max_position_embeddings (${maxPos})`,
+      );
+    }
+  });
   const maxNew = options.maxNewTokens ?? 64;
   if (!Number.isInteger(maxNew) || maxNew < 1) {
     throw new Error(`generate: maxNewTokens must be >= 1, got ${maxNew}`);

@@ -6,13 +6,16 @@
  * @module
  */
 import { is, numberFlag, parseArgs, type ParsedArgs } from "@std/cli";
+import { recoverDirectory } from "../engine/atomic.ts";
 import { initDeviceOrExplain } from "../engine/device.ts";
 import { loadModel, type QwenModel } from "../engine/model/qwen.ts";
 import { DEMO_MAX_NEW_TOKENS, heldOutProblems } from "./demo/arith.ts";
 import { accuracy, type DemoScores, evaluateDemo } from "./demo/evaluate.ts";
 import {
+  checkExampleFits,
   DEMO_HELD_OUT,
   DemoSource,
+  encodePrompt,
   type ExampleSource,
   readJsonl,
   ShuffledSource,
@@ -68,7 +71,11 @@ arithmetic model, before/after table on ${DEMO_HELD_OUT} held-out problems).
   --save-every N           checkpoint every N steps (default 0 = at the end)
   --target-accuracy X      demo task: stop once greedy accuracy on the validation set reaches X
   --resume                 continue from OUT/checkpoint with its optimizer state
-  --help                   this text`;
+  --overwrite              replace the run already in OUT (its metrics, checkpoint/ and best/)
+  --no-weight-check        skip the NaN/Inf check of the weights at load (one GPU pass over them)
+  --help                   this text
+
+An OUT that already holds a run is refused unless --resume or --overwrite is given.`;
 
 const STRING_FLAGS = [
   "method",
@@ -106,7 +113,7 @@ export function parseTrainFlags(
 ): { options: TrainOptions; flags: Flags; demo: boolean } {
   const flags = parseArgs(args, {
     string: STRING_FLAGS,
-    boolean: ["chat", "resume", "help"],
+    boolean: ["chat", "resume", "overwrite", "no-weight-check", "help"],
   }) as Flags;
   const demo = flags.model === undefined && flags.data === undefined;
   const base: TrainOptions = { ...DEFAULTS, ...(demo ? DEMO_DEFAULTS : {}) };
@@ -148,6 +155,12 @@ export function parseTrainFlags(
   if (flags.resume && typeof flags.out !== "string") {
     throw new Error("--resume needs --out DIR (the run to continue)");
   }
+  if (flags.resume && flags.overwrite) {
+    throw new Error("--resume continues the run in --out; --overwrite replaces it: pass one");
+  }
+  if (flags.resume && flags.model !== undefined) {
+    throw new Error("--resume continues from OUT/checkpoint; --model is not used with it");
+  }
   numberFlag(flags, "target-accuracy", is.fraction);
   return { options, flags, demo };
 }
@@ -166,6 +179,73 @@ function table(before: DemoScores, after: DemoScores): string {
   ].join("\n");
 }
 
+/** What a run leaves in its output directory. */
+const RUN_FILES = ["metrics.jsonl", "checkpoint", "best"];
+
+async function pathKind(path: string): Promise<"file" | "dir" | null> {
+  try {
+    return (await Deno.stat(path)).isDirectory ? "dir" : "file";
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+}
+
+/** The absolute form of a path that may not exist yet (its nearest existing ancestor resolved). */
+async function resolvePath(path: string): Promise<string> {
+  const abs = path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
+  const parts = abs.split("/").filter((p) => p && p !== ".");
+  for (let i = parts.length; i >= 0; i--) {
+    try {
+      const real = await Deno.realPath("/" + parts.slice(0, i).join("/"));
+      return [real.replace(/\/$/, ""), ...parts.slice(i)].join("/");
+    } catch { /* go up */ }
+  }
+  return abs;
+}
+
+/**
+ * Checks --out and --model before anything is loaded or trained: OUT must be a
+ * writable directory; a run already in it is continued (--resume), replaced
+ * (--overwrite) or refused; the model must not live inside OUT, whose
+ * checkpoints this run replaces. Returns an error message, or null.
+ */
+export async function prepareOutDir(
+  out: string,
+  modelDir: string | null,
+  flags: { resume?: boolean; overwrite?: boolean },
+): Promise<string | null> {
+  const kind = await pathKind(out);
+  if (kind === "file") return `--out ${out} is a file; pass a directory`;
+  try {
+    await Deno.mkdir(out, { recursive: true });
+    const probe = `${out}/.write-test-${Deno.pid}`;
+    await Deno.writeTextFile(probe, "");
+    await Deno.remove(probe);
+  } catch (e) {
+    return `--out ${out}: cannot write there (${(e as Error).message})`;
+  }
+  if (modelDir !== null) {
+    const [m, o] = [await resolvePath(modelDir), await resolvePath(out)];
+    if (m === o || m.startsWith(o + "/")) {
+      return `--model ${modelDir} lies inside --out ${out}, whose checkpoints this run replaces; copy the model elsewhere or pass another --out`;
+    }
+  }
+  const held: string[] = [];
+  for (const name of RUN_FILES) if (await pathKind(`${out}/${name}`)) held.push(name);
+  for await (const e of Deno.readDir(out)) {
+    if (/^(checkpoint|best)\.(new|old)-/.test(e.name)) held.push(e.name);
+  }
+  if (flags.resume || held.length === 0) return null;
+  if (!flags.overwrite) {
+    return `--out ${out} already holds a run (${
+      held.join(", ")
+    }): pass --resume to continue it, a new --out, or --overwrite to replace it`;
+  }
+  for (const name of held) await Deno.remove(`${out}/${name}`, { recursive: true });
+  return null;
+}
+
 export async function main(args: string[]): Promise<number> {
   let parsed;
   try {
@@ -179,6 +259,15 @@ export async function main(args: string[]): Promise<number> {
     console.log(HELP);
     return 0;
   }
+  const modelFlag = typeof flags.model === "string" ? flags.model : null;
+  const outProblem = await prepareOutDir(options.outDir, modelFlag, {
+    resume: flags.resume === true,
+    overwrite: flags.overwrite === true,
+  });
+  if (outProblem) {
+    console.error(`error: ${outProblem}`);
+    return 2;
+  }
   const dev = await initDeviceOrExplain();
   if (!dev) return 1;
   console.log(`device: ${dev.info.description}`);
@@ -188,6 +277,8 @@ export async function main(args: string[]): Promise<number> {
   let source: ExampleSource;
   try {
     if (flags.resume) {
+      const back = await recoverDirectory(checkpointDir);
+      if (back) console.log(`recovered ${checkpointDir} from ${back} (a save was interrupted)`);
       try {
         await Deno.stat(`${checkpointDir}/trainer_state.json`);
       } catch {
@@ -196,12 +287,11 @@ export async function main(args: string[]): Promise<number> {
         );
       }
     }
-    const modelDir = flags.resume
-      ? checkpointDir
-      : typeof flags.model === "string"
-      ? flags.model
-      : DEMO_MODEL;
-    model = await loadModel(modelDir, { trainable: true });
+    const modelDir = flags.resume ? checkpointDir : modelFlag ?? DEMO_MODEL;
+    model = await loadModel(modelDir, {
+      trainable: true,
+      checkFinite: !flags["no-weight-check"],
+    });
     if (!model.tokenizer) {
       throw new Error(`${modelDir}/tokenizer.json not found: training needs the model's tokenizer`);
     }
@@ -216,6 +306,14 @@ export async function main(args: string[]): Promise<number> {
       const examples = await readJsonl(flags.data as string, {
         requireAnswer: options.method === "sft",
       });
+      // every line must fit the model before the first step, not fail at step 40
+      for (const e of examples) {
+        const ids = encodePrompt(model.tokenizer, e.prompt, options.chat);
+        const answer = options.method === "sft"
+          ? model.tokenizer.encode(e.answer ?? "").length + 1
+          : 0;
+        checkExampleFits(e, ids, answer, model.config.maxPositionEmbeddings);
+      }
       source = new ShuffledSource(flags.data as string, examples, options.seed);
     }
   } catch (e) {

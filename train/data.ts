@@ -12,6 +12,8 @@ import { heldOutProblems, ProblemStream } from "./demo/arith.ts";
 export interface Example {
   prompt: string;
   answer?: string;
+  /** Where it came from (e.g. `data.jsonl:12`), for error messages. */
+  origin?: string;
 }
 
 /** A resumable stream of examples. */
@@ -53,7 +55,11 @@ export async function readJsonl(
     if (options.requireAnswer && o.answer === undefined) {
       throw new Error(`${path}:${i + 1}: "answer" is required for SFT`);
     }
-    out.push({ prompt: o.prompt, answer: o.answer === undefined ? undefined : String(o.answer) });
+    out.push({
+      prompt: o.prompt,
+      answer: o.answer === undefined ? undefined : String(o.answer),
+      origin: `${path}:${i + 1}`,
+    });
   });
   if (out.length === 0) throw new Error(`${path}: no examples`);
   return out;
@@ -130,6 +136,29 @@ export class DemoSource implements ExampleSource {
 
   restore(s: Record<string, number>): void {
     this.#stream.rng.state = s.rng;
+  }
+}
+
+/**
+ * Checks that an example fits the model: its prompt encodes to at least one
+ * token, and prompt (+ answer tokens) + `extra` new tokens fit
+ * max_position_embeddings. Throws naming the example's origin and both numbers.
+ */
+export function checkExampleFits(
+  e: Example,
+  promptIds: number[],
+  answerTokens: number,
+  maxPositions: number,
+): void {
+  const where = e.origin ?? `prompt ${JSON.stringify(e.prompt.slice(0, 40))}`;
+  if (promptIds.length === 0) throw new Error(`${where}: the prompt encodes to no tokens`);
+  const n = promptIds.length + answerTokens;
+  if (n > maxPositions) {
+    throw new Error(
+      `${where}: the ${
+        answerTokens ? "prompt and answer are" : "prompt is"
+      } ${n} tokens, more than the model's max_position_embeddings (${maxPositions})`,
+    );
   }
 }
 

@@ -4,7 +4,7 @@
  * held fixed: the gradient flows through each position's entropy only.
  * @module
  */
-import { entropy, mul, mulScalar, sum } from "../engine/ops/mod.ts";
+import { div, entropy, maxScalar, mul, mulScalar, sum } from "../engine/ops/mod.ts";
 import { Tensor } from "../engine/tensor.ts";
 
 /** "mean": over response tokens (the code's default); "sum": summed, divided by the sequences. */
@@ -13,22 +13,35 @@ export type Reduce = "mean" | "sum";
 /**
  * L = sum_t H(p_t) * mask_t / D with D = sum(mask) ("mean"), the number of
  * sequences ("sum"), or a given number (a micro-batch's share of a larger batch).
- * logits (B, T, V); mask (B, T) with 1 where a position scores a response token.
+ * logits (B, T, V); mask (B, T) with 1 where a position scores a response token,
+ * as numbers or as an f32 Tensor (then D is counted on the GPU).
  */
 export function tokenEntropyLoss(
   logits: Tensor,
-  mask: ArrayLike<number>,
+  mask: ArrayLike<number> | Tensor,
   reduce: Reduce | number = "mean",
 ): Tensor {
-  const [B, T] = logits.shape;
-  if (mask.length !== B * T) {
-    throw new Error(`tokenEntropyLoss: mask has ${mask.length} values, expected ${B}x${T}`);
+  if (logits.shape.length !== 3) {
+    throw new Error(`tokenEntropyLoss: logits must be (B, T, V), got [${logits.shape}]`);
   }
+  const [B, T] = logits.shape;
+  const isTensor = mask instanceof Tensor;
+  const size = isTensor ? mask.size : mask.length;
+  if (size !== B * T || (isTensor && mask.dtype !== "f32")) {
+    throw new Error(
+      `tokenEntropyLoss: mask must hold ${B}x${T} values (numbers, or an f32 Tensor), got ${
+        isTensor ? `a ${mask.dtype} Tensor [${mask.shape}]` : `${size} values`
+      }`,
+    );
+  }
+  const m = isTensor ? mask.view([B, T]) : Tensor.from(mask, [B, T]);
+  const total = sum(mul(entropy(logits), m));
+  if (typeof reduce === "number") return mulScalar(total, 1 / reduce);
+  if (reduce === "sum") return mulScalar(total, 1 / B);
+  if (isTensor) return div(total, maxScalar(sum(m), 1));
   let count = 0;
-  for (let i = 0; i < mask.length; i++) count += mask[i];
-  const divisor = typeof reduce === "number" ? reduce : reduce === "mean" ? Math.max(count, 1) : B;
-  const m = Tensor.from(mask, [B, T]);
-  return mulScalar(sum(mul(entropy(logits), m)), 1 / divisor);
+  for (let i = 0; i < size; i++) count += (mask as ArrayLike<number>)[i];
+  return mulScalar(total, 1 / Math.max(count, 1));
 }
 
 /**

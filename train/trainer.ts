@@ -7,6 +7,7 @@
  * format + optimizer + trainer state) are written atomically and resumable.
  * @module
  */
+import { atomicWrite, recoverDirectory } from "../engine/atomic.ts";
 import { type QwenModel, saveModel } from "../engine/model/qwen.ts";
 import { concat, entropy, mulScalar, neg, sum, tokenLogProb } from "../engine/ops/mod.ts";
 import { AdamW, clipGradNorm } from "../engine/optim.ts";
@@ -20,7 +21,7 @@ import {
 import { keep, noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { generate, NonFiniteLogitsError } from "../infer/generate.ts";
-import { encodePrompt, type Example, type ExampleSource } from "./data.ts";
+import { checkExampleFits, encodePrompt, type Example, type ExampleSource } from "./data.ts";
 import { type Reduce, responseMask } from "./em_ft.ts";
 
 export type Method = "em-ft" | "sft";
@@ -220,6 +221,11 @@ export async function train(
 ): Promise<TrainResult> {
   const o: TrainOptions = { ...DEFAULTS, ...options };
   const log = hooks.log ?? console.log;
+  // finish a checkpoint swap a crash interrupted, and drop stale temp directories
+  for (const name of [CHECKPOINT, BEST]) {
+    const back = await recoverDirectory(`${o.outDir}/${name}`);
+    if (back) log(`recovered ${o.outDir}/${name} from ${back} (a save was interrupted)`);
+  }
   const tok = model.tokenizer;
   if (!tok) throw new Error("train: the model directory has no tokenizer.json");
   const eos = model.generation.eosTokenIds;
@@ -250,6 +256,8 @@ export async function train(
   }
   await Deno.mkdir(o.outDir, { recursive: true });
   const metricsPath = `${o.outDir}/metrics.jsonl`;
+  // steps logged after the checkpoint a resumed run starts from are run again: drop them
+  if (resumeFrom) await truncateMetrics(metricsPath, start);
   const history: StepMetrics[] = [];
   const evaluations: TrainResult["evaluations"] = [];
   let checkpoint: string | null = resumeFrom;
@@ -403,6 +411,9 @@ async function buildBatch(
 ): Promise<Batch> {
   const tok = model.tokenizer!;
   const prompts = examples.map((e) => encodePrompt(tok, e.prompt, o.chat));
+  prompts.forEach((p, i) =>
+    checkExampleFits(examples[i], p, 0, model.config.maxPositionEmbeddings)
+  );
   const vocab = model.config.vocabSize;
   for (const p of prompts) {
     const bad = p.find((id) => id >= vocab);
@@ -433,6 +444,27 @@ async function buildBatch(
     padTokenId: pad,
   });
   return packSequences(repeated, r.tokens, pad);
+}
+
+/** Keeps the metrics.jsonl records of steps <= `step`. */
+async function truncateMetrics(path: string, step: number): Promise<void> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch {
+    return;
+  }
+  const kept = text.split("\n").filter((line) => {
+    if (!line.trim()) return false;
+    try {
+      return (JSON.parse(line).step ?? 0) <= step;
+    } catch {
+      return false;
+    }
+  });
+  await atomicWrite(path, async (f) => {
+    await f.write(new TextEncoder().encode(kept.map((l) => l + "\n").join("")));
+  });
 }
 
 async function appendJsonl(path: string, value: unknown): Promise<void> {

@@ -5,7 +5,8 @@
  * HF-format directory.
  * @module
  */
-import { device } from "../device.ts";
+import { recoverDirectory, replaceDirectory, tempDirectoryBeside } from "../atomic.ts";
+import { device, initDevice } from "../device.ts";
 import { applyRope, attention, attentionBias, linear, rmsNorm, ropeTables } from "../nn.ts";
 import {
   add,
@@ -14,8 +15,8 @@ import {
   embedding,
   fill,
   matmul,
-  nonFiniteCounts,
   mul,
+  nonFiniteCounts,
   permute,
   randomNormal,
   reshape,
@@ -427,6 +428,9 @@ async function readJsonIfPresent(
  * tokenizer_config.json and generation_config.json.
  */
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<QwenModel> {
+  await initDevice();
+  // a save interrupted between its renames leaves the directory recoverable
+  if (!await exists(dir)) await recoverDirectory(dir);
   const config = await readQwenConfig(dir);
   const toF32 = options.trainable || options.dtype === "f32";
   const ckpt = await Checkpoint.open(dir);
@@ -569,6 +573,8 @@ export async function saveModel(
     extra?: (tmpDir: string) => Promise<void>;
     /** Allow replacing the directory the model was loaded from (a trainer's own checkpoint on resume). */
     replaceSource?: boolean;
+    /** Runs while neither the old nor the new directory is at `outDir` (tests crash here). */
+    afterRetiringOld?: () => Promise<void>;
   } = {},
 ): Promise<void> {
   const source = options.copyFrom ?? model.sourceDir;
@@ -582,26 +588,23 @@ export async function saveModel(
       `saveModel: ${outDir} is the checkpoint the model was loaded from; choose another directory`,
     );
   }
-  const tmp = `${outDir}.tmp-${Deno.pid}-${Math.random().toString(36).slice(2)}`;
-  await Deno.mkdir(tmp, { recursive: true });
+  const tmp = await tempDirectoryBeside(outDir);
   try {
     const tensors = new Map<
       string,
       { dtype: RawTensor["dtype"]; shape: number[]; data: Uint8Array }
     >();
     let dtype: RawTensor["dtype"] = "F32";
-    {
-      for (const p of model.parameters) {
-        const parts = await Promise.all(p.chunks.map(tensorToRaw));
-        const bytes = new Uint8Array(parts.reduce((s, r) => s + r.data.byteLength, 0));
-        let at = 0;
-        for (const r of parts) {
-          bytes.set(r.data, at);
-          at += r.data.byteLength;
-        }
-        if (p.shape.length === 2) dtype = parts[0].dtype;
-        tensors.set(p.name, { dtype: parts[0].dtype, shape: p.shape, data: bytes });
+    for (const p of model.parameters) {
+      const parts = await Promise.all(p.chunks.map(tensorToRaw));
+      const bytes = new Uint8Array(parts.reduce((s, r) => s + r.data.byteLength, 0));
+      let at = 0;
+      for (const r of parts) {
+        bytes.set(r.data, at);
+        at += r.data.byteLength;
       }
+      if (p.shape.length === 2) dtype = parts[0].dtype;
+      tensors.set(p.name, { dtype: parts[0].dtype, shape: p.shape, data: bytes });
     }
     await writeSafetensors(`${tmp}/model.safetensors`, tensors, {
       format: "pt",
@@ -624,20 +627,19 @@ export async function saveModel(
       }
     }
     await options.extra?.(tmp);
-    // swap in: the old directory (if any) is removed only after the new one is in place
-    const old = `${outDir}.old-${Deno.pid}-${Math.random().toString(36).slice(2)}`;
-    let hadOld = false;
-    try {
-      await Deno.rename(outDir, old);
-      hadOld = true;
-    } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound)) throw e;
-    }
-    await Deno.rename(tmp, outDir);
-    if (hadOld) await Deno.remove(old, { recursive: true });
+    await replaceDirectory(tmp, outDir, options.afterRetiringOld);
   } catch (e) {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
   }
 }
 

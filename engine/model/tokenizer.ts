@@ -33,7 +33,17 @@ export class QwenTokenizer {
     config: Record<string, unknown>,
     path = "tokenizer",
   ) {
-    this.#tokenizer = new Tokenizer(tokenizerJson, config);
+    const model = tokenizerJson?.model as { type?: unknown; vocab?: unknown } | undefined;
+    if (!model || typeof model !== "object" || typeof model.vocab !== "object" || !model.vocab) {
+      throw new Error(
+        `${path}/tokenizer.json: is not a Hugging Face tokenizer (no "model" with a "vocab")`,
+      );
+    }
+    try {
+      this.#tokenizer = new Tokenizer(tokenizerJson, config);
+    } catch (e) {
+      throw new Error(`${path}/tokenizer.json: cannot be loaded (${(e as Error).message})`);
+    }
     this.#config = config;
     const template = config.chat_template;
     const source = typeof template === "string"
