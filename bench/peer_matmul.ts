@@ -7,8 +7,9 @@
  * Each measurement queues `reps` products and reads the last one back, for
  * both engines, so each pays the same single readback.
  */
-import * as tf from "@tensorflow/tfjs-core";
-import "@tensorflow/tfjs-backend-webgpu";
+// peer-only packages: inline specifiers keep them out of the main job's dependencies
+import * as tf from "npm:@tensorflow/tfjs-core@4.22.0";
+import "npm:@tensorflow/tfjs-backend-webgpu@4.22.0";
 import { initDevice } from "../engine/device.ts";
 import { matmul } from "../engine/ops/matmul.ts";
 import { Tensor } from "../engine/tensor.ts";

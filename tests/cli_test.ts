@@ -132,3 +132,156 @@ Deno.test("eval CLI demo: every method on the demo problems with a comparison ta
   }
   assert(/EM-INF costs [\d.]+x plain sampling per generated token/.test(text), text);
 });
+
+/** Runs a CLI module with the project's config; returns code, stdout and stderr. */
+async function runCli(module: string, args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL(module, import.meta.url).pathname, ...args],
+    env: { XDG_RUNTIME_DIR: "/tmp" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder();
+  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+}
+
+/** A demo-model copy with a NaN in one weight. */
+async function nanDemoModel(dir: string): Promise<string> {
+  const demo = new URL("../train/demo/model", import.meta.url).pathname;
+  const m = `${dir}/nan-model`;
+  await Deno.mkdir(m);
+  for await (const e of Deno.readDir(demo)) {
+    if (e.isFile) await Deno.copyFile(`${demo}/${e.name}`, `${m}/${e.name}`);
+  }
+  const bytes = await Deno.readFile(`${m}/model.safetensors`);
+  const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + n)));
+  const at = 8 + n + header["model.norm.weight"].data_offsets[0];
+  new DataView(bytes.buffer).setFloat32(at + 8, NaN, true);
+  await Deno.writeFile(`${m}/model.safetensors`, bytes);
+  return m;
+}
+
+Deno.test("CLIs: strict integers, no stray arguments, empty or too-long prompts, NaN weights", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cli_bad_" });
+  const demo = new URL("../train/demo/model", import.meta.url).pathname;
+  const nan = await nanDemoModel(dir);
+  for (
+    const [module, args, code, message] of [
+      ["../train/cli.ts", ["--steps", "0x1"], 2, '--steps must be a positive integer, got "0x1"'],
+      ["../train/cli.ts", ["--steps", "Infinity"], 2, "--steps must be a positive integer"],
+      ["../train/cli.ts", ["--out", `${dir}/o`, "extra"], 2, 'unexpected argument "extra"'],
+      [
+        "../infer/cli.ts",
+        ["--model", demo, "--prompt", "1", "+1="],
+        2,
+        'unexpected argument "+1="',
+      ],
+      ["../infer/cli.ts", ["--model", demo, "--prompt", ""], 2, "the prompt encodes to no tokens"],
+      [
+        "../infer/cli.ts",
+        ["--model", demo, "--prompt", "abc"],
+        2,
+        "the prompt encodes to no tokens",
+      ],
+      [
+        "../infer/cli.ts",
+        ["--model", demo, "--prompt", "1+".repeat(40)],
+        2,
+        "the prompt is 80 tokens, more than max_position_embeddings 64",
+      ],
+      ["../infer/cli.ts", ["--model", nan, "--prompt", "1+1="], 1, 'tensor "model.norm.weight"'],
+      [
+        "../infer/cli.ts",
+        ["--model", nan, "--prompt", "1+1=", "--no-weight-check"],
+        1,
+        "step 0, row 0: the logits are NaN or Inf",
+      ],
+      [
+        "../infer/eval_cli.ts",
+        ["--model", nan, "--no-weight-check", "--limit", "4", "--methods", "greedy"],
+        1,
+        "the logits are NaN or Inf",
+      ],
+    ] as [string, string[], number, string][]
+  ) {
+    const r = await runCli(module, args);
+    assertEquals(r.code, code, `${args}: ${r.stdout} ${r.stderr}`);
+    assert(r.stderr.includes(message), `${args}: ${r.stderr}`);
+    assert(!r.stderr.includes("    at "), `no stack trace: ${r.stderr}`);
+  }
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("train CLI: a used --out is refused unless --resume or --overwrite; path conflicts first", async () => {
+  const { tinyModelWithTokenizer } = await import("./_helpers.ts");
+  const model = await tinyModelWithTokenizer("cli_out_");
+  const dir = await Deno.makeTempDir({ prefix: "cli_out_run_" });
+  const data = `${dir}/d.jsonl`;
+  await Deno.writeTextFile(data, '{"prompt": "12+34="}\n{"prompt": "5*6="}\n');
+  const out = `${dir}/run`;
+  const quick = ["--data", data, "--batch-size", "2", "--n-samples", "1", "--max-new-tokens", "2"];
+  const train = (...args: string[]) => runCli("../train/cli.ts", [...quick, ...args]);
+  const first = await train("--model", model, "--out", out, "--steps", "2");
+  assertEquals(first.code, 0, first.stderr);
+  const again = await train("--model", model, "--out", out, "--steps", "1");
+  assertEquals(again.code, 2, again.stderr);
+  assert(
+    again.stderr.includes(`--out ${out} already holds a run (metrics.jsonl, checkpoint)`) &&
+      again.stderr.includes("--resume") && again.stderr.includes("--overwrite"),
+    again.stderr,
+  );
+  const inside = await train("--model", `${out}/checkpoint`, "--out", out, "--overwrite");
+  assertEquals(inside.code, 2, inside.stderr);
+  assert(inside.stderr.includes("lies inside --out"), inside.stderr);
+  assert(!inside.stdout.includes("step 1"), "refused before any training step");
+  const replaced = await train("--model", model, "--out", out, "--steps", "1", "--overwrite");
+  assertEquals(replaced.code, 0, replaced.stderr);
+  const steps = (await Deno.readTextFile(`${out}/metrics.jsonl`)).trim().split("\n")
+    .map((l) => JSON.parse(l)).filter((m) => !m.eval).map((m) => m.step);
+  assertEquals(steps, [1]);
+  // a file, a path under a file, and a data line longer than the model's context
+  await Deno.writeTextFile(`${dir}/f`, "");
+  for (
+    const [o, message] of [
+      [`${dir}/f`, `--out ${dir}/f is a file`],
+      [`${dir}/f/sub`, `--out ${dir}/f/sub: cannot write there`],
+    ]
+  ) {
+    const r = await train("--model", model, "--out", o);
+    assertEquals(r.code, 2, r.stderr);
+    assert(r.stderr.includes(message), r.stderr);
+  }
+  await Deno.writeTextFile(data, `{"prompt": "1+1="}\n{"prompt": "${"1+".repeat(200)}"}\n`);
+  const long = await train("--model", model, "--out", `${dir}/long`);
+  assertEquals(long.code, 1, long.stderr);
+  assert(
+    long.stderr.includes(
+      `${data}:2: the prompt is 400 tokens, more than the model's max_position_embeddings (256)`,
+    ),
+    long.stderr,
+  );
+  for (const d of [dir, model]) await Deno.remove(d, { recursive: true });
+});
+
+Deno.test("loadModel() initialises the device itself when initDevice() was not called", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "first_contact_" });
+  const script = `${dir}/first.ts`;
+  await Deno.writeTextFile(
+    script,
+    `import { generate, loadModel } from "${new URL("../mod.ts", import.meta.url)}";
+const model = await loadModel("${new URL("../train/demo/model", import.meta.url).pathname}");
+const r = await generate(model, [model.tokenizer!.encode("12+34=")], { greedy: true, maxNewTokens: 3 });
+console.log("ids", r.tokens[0].length);`,
+  );
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--config", new URL("../deno.json", import.meta.url).pathname, script],
+    env: { XDG_RUNTIME_DIR: "/tmp" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder();
+  assertEquals(out.code, 0, text.decode(out.stderr));
+  assert(text.decode(out.stdout).includes("ids 3"), text.decode(out.stdout));
+  await Deno.remove(dir, { recursive: true });
+});

@@ -171,7 +171,7 @@ function table(before: DemoScores, after: DemoScores): string {
       (pct ? (100 * b).toFixed(1) + "%" : b.toFixed(3)).padStart(7)
     } |`;
   return [
-    `| ${"held-out problems: " + DEMO_HELD_OUT} | before  | after   |`,
+    `| ${("held-out problems: " + DEMO_HELD_OUT).padEnd(30)} | before  | after   |`,
     "| ------------------------------ | ------- | ------- |",
     row("accuracy, greedy", before.greedyAccuracy, after.greedyAccuracy),
     row("accuracy, sampling T=1", before.sampleAccuracy, after.sampleAccuracy),
@@ -185,9 +185,8 @@ const RUN_FILES = ["metrics.jsonl", "checkpoint", "best"];
 async function pathKind(path: string): Promise<"file" | "dir" | null> {
   try {
     return (await Deno.stat(path)).isDirectory ? "dir" : "file";
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return null;
-    throw e;
+  } catch {
+    return null; // missing, or under a file: creating it will say which
   }
 }
 
