@@ -9,6 +9,7 @@ import { parseArgs } from "@std/cli";
 import { initDevice } from "../engine/device.ts";
 import { parseQwenConfig } from "../engine/model/config.ts";
 import { parameterBytes, randomModel } from "../engine/model/qwen.ts";
+import { nonFiniteCounts } from "../engine/ops/mod.ts";
 import { noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { generate } from "../infer/generate.ts";
@@ -54,6 +55,13 @@ console.log(
     `embedding in ${
       model.parameter("model.embed_tokens.weight")!.chunks.length
     } row chunks; created in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+);
+
+// the NaN/Inf check loadModel runs over every weight (one GPU pass, one readback)
+t0 = performance.now();
+const bad = (await nonFiniteCounts(model.tensors())).reduce((a, b) => a + b, 0);
+console.log(
+  `weight finiteness check: ${((performance.now() - t0) / 1000).toFixed(2)} s, ${bad} NaN/Inf`,
 );
 
 const ids = Tensor.from(Array.from({ length: 64 }, (_, i) => (i * 7919) % 151936), [1, 64], {

@@ -91,6 +91,9 @@ Deno.test("train CLI demo: EM-FT of the shipped model prints the before/after ta
   for (const row of ["accuracy, greedy", "accuracy, sampling T=1", "mean token entropy"]) {
     assert(r.stdout.includes(row), r.stdout);
   }
+  const table = r.stdout.split("\n").filter((l) => l.startsWith("|"));
+  assertEquals(table.length, 5, r.stdout);
+  assert(table.every((l) => l.length === table[0].length), `aligned table:\n${table.join("\n")}`);
   assert(/training throughput: \d+ tokens\/s/.test(r.stdout), r.stdout);
   assert(/step 2\/2 +loss/.test(r.stdout), r.stdout);
   const after = await Deno.readFile(`${demoModel}/model.safetensors`);
