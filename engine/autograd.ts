@@ -6,10 +6,22 @@
  * and each node is dropped (with the tensors only it saved) once it ran.
  * @module
  */
-import { keep, noGrad, tidy } from "./scope.ts";
-import type { Tensor } from "./tensor.ts";
-import { add } from "./ops/elementwise.ts";
+import { elementwise } from "./ops/_raw.ts";
 import { fill } from "./ops/fill.ts";
+import { gradEnabled, keep, noGrad, tidy } from "./scope.ts";
+import { type GradNode, installBackward, type Tensor } from "./tensor.ts";
+
+/** Records `node` as the creator of `out` when grad mode is on and an input needs grad. */
+export function record(out: Tensor, node: GradNode): Tensor {
+  if (gradEnabled() && node.inputs.some((t) => t.requiresGrad)) {
+    out.requiresGrad = true;
+    out.node = node;
+  } else node.saved?.forEach((t) => t.dispose());
+  return out;
+}
+
+/** Gradient accumulation: a + b with no tape (the same kernel as the add op). */
+const add = (a: Tensor, b: Tensor) => elementwise("add", [a, b], "a + b");
 
 function topoOrder(root: Tensor): Tensor[] {
   const order: Tensor[] = [];
@@ -99,3 +111,5 @@ export function backward(root: Tensor, grad?: Tensor): void {
     }
   });
 }
+
+installBackward(backward);

@@ -7,7 +7,7 @@ import { adamwKernel } from "../kernels/optim.ts";
 import { launch1d } from "./ops/_launch.ts";
 import { keep, noGrad } from "./scope.ts";
 import { Tensor } from "./tensor.ts";
-import { elementwise } from "./ops/elementwise.ts";
+import { elementwise } from "./ops/_raw.ts";
 import { sumSquares } from "./ops/reduce.ts";
 import { concat } from "./ops/shape.ts";
 import { sum } from "./ops/reduce.ts";

@@ -4,10 +4,8 @@
  * @module
  */
 import { device } from "./device.ts";
-// autograd.ts imports ops that import this file; used only at call time, so the cycle is safe.
-import { backward } from "./autograd.ts";
 import { Rng } from "./random.ts";
-import { type Disposable, gradEnabled, track } from "./scope.ts";
+import { type Disposable, track } from "./scope.ts";
 
 /** f32 compute; bf16/f16 storage (packed two per u32); i32 ids. */
 export type DType = "f32" | "i32" | "bf16" | "f16";
@@ -25,6 +23,12 @@ export interface GradNode {
   saved?: Tensor[];
   /** Other tensors the backward reads that are not inputs (e.g. token ids); not disposed by it. */
   keeps?: Tensor[];
+}
+
+/** autograd.ts installs its backward() here, so this module imports no autograd or op code. */
+let runBackward: ((root: Tensor, grad?: Tensor) => void) | null = null;
+export function installBackward(fn: (root: Tensor, grad?: Tensor) => void): void {
+  runBackward = fn;
 }
 
 class Storage {
@@ -224,23 +228,15 @@ export class Tensor implements Disposable {
     if (--s.refs === 0) device().free(s.buffer);
   }
 
-  /** Backpropagates from this tensor (a scalar unless `grad` is given). */
+  /** Backpropagates from this tensor (a scalar unless `grad` is given): autograd.ts's backward(). */
   backward(grad?: Tensor): void {
-    backward(this, grad);
+    if (!runBackward) throw new Error("backward(): import engine/autograd.ts (mod.ts does)");
+    runBackward(this, grad);
   }
 
   toString(): string {
     return `Tensor(shape=[${this.shape}], dtype=${this.dtype}${this.requiresGrad ? ", grad" : ""})`;
   }
-}
-
-/** Records `node` as the creator of `out` when grad mode is on and an input needs grad. */
-export function record(out: Tensor, node: GradNode): Tensor {
-  if (gradEnabled() && node.inputs.some((t) => t.requiresGrad)) {
-    out.requiresGrad = true;
-    out.node = node;
-  } else node.saved?.forEach((t) => t.dispose());
-  return out;
 }
 
 const f32Buf = new Float32Array(1);

@@ -3,39 +3,10 @@
  * its WGSL expression, its backward rule, and its CPU reference.
  * @module
  */
-import { elementwiseKernel, EW, type ReadMode } from "../../kernels/elementwise.ts";
-import { MAX_RANK } from "../../kernels/common.ts";
-import type { Param } from "../device.ts";
-import { record, Tensor } from "../tensor.ts";
-import { launch1d, memo } from "./_launch.ts";
+import { record } from "../autograd.ts";
+import { Tensor } from "../tensor.ts";
+import { elementwise, sumTo } from "./_raw.ts";
 import { mapN, type NDArray } from "./_reference.ts";
-import { broadcastShapes, broadcastStrides, sameShape } from "./_shape.ts";
-import { sumTo } from "./reduce.ts";
-
-const kernel = memo(elementwiseKernel);
-
-/** Runs `expr` over broadcast inputs (all f32); no tape. */
-export function elementwise(name: string, inputs: Tensor[], expr: string, alpha = 0): Tensor {
-  for (const t of inputs) {
-    if (t.dtype !== "f32") throw new Error(`${name}: expects f32 inputs, got ${t.dtype}`);
-  }
-  const shape = inputs.map((t) => t.shape).reduce((a, b) => broadcastShapes(a, b, name));
-  if (shape.length > MAX_RANK) throw new Error(`${name}: rank ${shape.length} > ${MAX_RANK}`);
-  const out = Tensor.empty(shape);
-  const modes = inputs.map((t): ReadMode =>
-    sameShape(t.shape, shape) ? "f" : t.size === 1 ? "s" : "b"
-  ).join("");
-  const params: Param[] = new Array(EW.alpha(inputs.length) + 1).fill(0);
-  params[EW.n] = out.size;
-  params[EW.rank] = shape.length;
-  shape.forEach((d, i) => params[EW.shape + i] = d);
-  inputs.forEach((t, k) =>
-    broadcastStrides(t.shape, shape).forEach((s, i) => params[EW.strides(k) + i] = s)
-  );
-  params[EW.alpha(inputs.length)] = { f32: alpha };
-  launch1d(kernel(modes, expr), [...inputs, out], params, out.size, name);
-  return out;
-}
 
 // ---- unary ops: y = f(x) -------------------------------------------------------------
 

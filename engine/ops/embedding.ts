@@ -1,7 +1,8 @@
 /** Embedding lookup: weight (V, C), ids (...) i32 -> (..., C). @module */
 import { embeddingBackwardKernel, embeddingKernel } from "../../kernels/embedding.ts";
 import { device } from "../device.ts";
-import { record, Tensor } from "../tensor.ts";
+import { record } from "../autograd.ts";
+import { Tensor } from "../tensor.ts";
 import { launch1d, memo } from "./_launch.ts";
 import type { NDArray } from "./_reference.ts";
 import { fill } from "./fill.ts";

@@ -6,7 +6,8 @@
  */
 import { matmulKernel, matmulVec4Kernel, MM } from "../../kernels/matmul.ts";
 import { device } from "../device.ts";
-import { numel, record, Tensor } from "../tensor.ts";
+import { record } from "../autograd.ts";
+import { numel, Tensor } from "../tensor.ts";
 import { memo } from "./_launch.ts";
 import type { NDArray } from "./_reference.ts";
 import { sum } from "./reduce.ts";

@@ -1,6 +1,7 @@
 /** Every op, re-exported. One file per op family; each holds forward, backward and CPU reference. @module */
 export * from "./elementwise.ts";
 export * from "./reduce.ts";
+export { elementwise, sumTo } from "./_raw.ts";
 export * from "./matmul.ts";
 export * from "./softmax.ts";
 export * from "./shape.ts";

@@ -4,11 +4,12 @@ import {
   rmsNormForwardKernel,
   ropeKernel,
 } from "../../kernels/norm_rope.ts";
-import { record, Tensor } from "../tensor.ts";
+import { record } from "../autograd.ts";
+import { Tensor } from "../tensor.ts";
 import { launch1d } from "./_launch.ts";
 import { mapRows, type NDArray } from "./_reference.ts";
 import { mul } from "./elementwise.ts";
-import { sumTo } from "./reduce.ts";
+import { sumTo } from "./_raw.ts";
 
 /** x * rsqrt(mean(x², -1) + eps) * weight over the last axis; weight (C). */
 export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {

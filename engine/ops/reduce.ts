@@ -1,32 +1,11 @@
-/** Reductions over an axis: sum, mean, max; and sumTo for broadcast gradients. @module */
-import { reduceKernel, reduceLoopKernel } from "../../kernels/reduce.ts";
-import { numel, record, Tensor } from "../tensor.ts";
-import { launch1d, launchRows, memo } from "./_launch.ts";
+/** Reductions over an axis: sum, mean, max. @module */
+import { record } from "../autograd.ts";
+import type { Tensor } from "../tensor.ts";
+import { reduceRaw } from "./_raw.ts";
 import { type NDArray, reduceAxis } from "./_reference.ts";
-import { normAxis, sameShape } from "./_shape.ts";
+import { normAxis } from "./_shape.ts";
 import { equal, mul, mulScalar } from "./elementwise.ts";
-import { broadcastTo, reshape } from "./shape.ts";
-
-const kernel = memo(reduceKernel);
-const loopKernel = memo(reduceLoopKernel);
-
-/** Reduces x viewed as (outer, n, inner) over n; no tape. */
-function reduceRaw(op: "sum" | "max" | "sumsq", x: Tensor, axis: number, keepdim: boolean): Tensor {
-  if (x.dtype !== "f32") throw new Error(`${op}: expects f32, got ${x.dtype}`);
-  const outer = numel(x.shape.slice(0, axis));
-  const n = x.shape[axis];
-  const inner = numel(x.shape.slice(axis + 1));
-  const shape = keepdim
-    ? x.shape.map((d, i) => (i === axis ? 1 : d))
-    : x.shape.filter((_, i) => i !== axis);
-  const out = Tensor.empty(shape);
-  const outputs = outer * inner;
-  // a workgroup tree only pays off for few, long rows
-  if (outputs >= 256 || n <= 1024) {
-    launch1d(loopKernel(op), [x, out], [outer, n, inner, outputs], outputs, op);
-  } else launchRows(kernel(op), [x, out], [outer, n, inner], outputs, op);
-  return out;
-}
+import { broadcastTo } from "./shape.ts";
 
 /** Options of reductions: an axis (all elements when omitted) and keepdim. */
 export interface ReduceOptions {
@@ -93,23 +72,6 @@ function expandTo(g: Tensor, shape: readonly number[], axis: number | null): Ten
   const gk = g.view(kept);
   const out = broadcastTo(gk, shape);
   gk.dispose();
-  return out;
-}
-
-/** Sums g over broadcast axes so it has `shape` (the gradient of a broadcast). */
-export function sumTo(g: Tensor, shape: readonly number[]): Tensor {
-  if (sameShape(g.shape, shape)) return g;
-  let cur = g;
-  const lead = g.shape.length - shape.length;
-  for (let d = 0; d < g.shape.length; d++) {
-    const want = d < lead ? 1 : shape[d - lead];
-    if (cur.shape[d] !== want) {
-      const next = sum(cur, { axis: d, keepdim: true });
-      if (cur !== g) cur.dispose();
-      cur = next;
-    }
-  }
-  const out = reshape(cur, shape);
   return out;
 }
 

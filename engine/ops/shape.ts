@@ -5,13 +5,13 @@
  */
 import { castToF32Kernel, COPY, stridedCopyKernel } from "../../kernels/elementwise.ts";
 import { MAX_RANK } from "../../kernels/common.ts";
-import { numel, record, Tensor } from "../tensor.ts";
+import { record } from "../autograd.ts";
+import { numel, Tensor } from "../tensor.ts";
 import { launch1d } from "./_launch.ts";
+import { sumTo } from "./_raw.ts";
 import type { NDArray } from "./_reference.ts";
 import { broadcastStrides, normAxis, stridesOf } from "./_shape.ts";
 import { fill } from "./fill.ts";
-// reduce.ts imports this file too; sumTo is only used at call time.
-import { sumTo as sumToLazy } from "./reduce.ts";
 
 const copyF32 = stridedCopyKernel("f32");
 const copyU32 = stridedCopyKernel("u32");
@@ -150,7 +150,7 @@ export function broadcastTo(x: Tensor, shape: readonly number[]): Tensor {
   return record(y, {
     op: "broadcastTo",
     inputs: [x],
-    backward: (g) => [sumToLazy(g, x.shape)],
+    backward: (g) => [sumTo(g, x.shape)],
   });
 }
 

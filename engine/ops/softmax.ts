@@ -15,7 +15,8 @@ import {
   tokenLogProbBackwardKernel,
   tokenLogProbForwardKernel,
 } from "../../kernels/rows.ts";
-import { record, Tensor } from "../tensor.ts";
+import { record } from "../autograd.ts";
+import { Tensor } from "../tensor.ts";
 import { launch1d, launchRows, memo } from "./_launch.ts";
 import { logSumExp, mapRows, type NDArray } from "./_reference.ts";
 import { mul, sub } from "./elementwise.ts";
