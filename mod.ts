@@ -7,7 +7,7 @@
  * import { emInfProcessor, generate, initDevice, loadModel } from "./mod.ts";
  *
  * await initDevice();
- * const model = await loadModel("./train/demo/model"); // config.json, safetensors, tokenizer.json
+ * const model = await loadModel("./demo/model"); // config.json, safetensors, tokenizer.json
  * const tok = model.tokenizer!;
  * const out = await generate(model, [tok.encode("537+268=")], {
  *   maxNewTokens: 5,

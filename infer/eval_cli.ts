@@ -6,13 +6,10 @@
 import { is, numberFlag, parseArgs } from "@std/cli";
 import { initDeviceOrExplain } from "../engine/device.ts";
 import { loadModel } from "../engine/model/qwen.ts";
-import { DEMO_MAX_NEW_TOKENS, heldOutProblems } from "../train/demo/arith.ts";
-import { DEMO_HELD_OUT } from "../train/data.ts";
+import { DEMO_HELD_OUT, DEMO_MAX_NEW_TOKENS, DEMO_MODEL, heldOutProblems } from "../demo/task.ts";
 import type { AnswerFormat } from "./answer.ts";
 import { EM_INF_DEFAULTS } from "./em_inf.ts";
 import { type EvalMethod, type EvalProblem, evaluate, METHODS, summaryTable } from "./eval.ts";
-
-const DEMO_MODEL = new URL("../train/demo/model", import.meta.url).pathname;
 
 const HELP = `deno task eval [flags]
 

@@ -93,8 +93,8 @@ const HF = new URL("./fixtures/hf/", import.meta.url).pathname;
 
 /** A temp model directory: qwen2-tiny weights (vocab 512) with the demo's char tokenizer. */
 export async function tinyModelWithTokenizer(prefix = "tiny_"): Promise<string> {
-  const { demoTokenizerJson } = await import("../train/demo/init.ts");
-  const { DEMO_EOS } = await import("../train/demo/arith.ts");
+  const { demoTokenizerJson } = await import("../demo/init.ts");
+  const { DEMO_EOS } = await import("../demo/task.ts");
   const dir = await Deno.makeTempDir({ prefix });
   for (const f of ["config.json", "model.safetensors"]) {
     await Deno.copyFile(`${HF}qwen2-tiny/${f}`, `${dir}/${f}`);

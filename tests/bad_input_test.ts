@@ -20,7 +20,7 @@ import { tokenEntropyLoss } from "../train/em_ft.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
 import { assertClose, gpuTest } from "./_helpers.ts";
 
-const DEMO = new URL("../train/demo/model", import.meta.url).pathname;
+const DEMO = new URL("../demo/model", import.meta.url).pathname;
 const HF = new URL("./fixtures/hf/", import.meta.url).pathname;
 
 /** A copy of the demo model whose checkpoint tensors are rewritten by `edit`. */

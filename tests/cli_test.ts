@@ -56,7 +56,7 @@ Deno.test("train CLI names a missing data file, a bad JSONL line and a model wit
   await Deno.mkdir(tok);
   const data = `${dir}/d.jsonl`;
   await Deno.writeTextFile(data, '{"prompt": "1+1="}\n{"question": "x"}\n');
-  const demoModel = new URL("../train/demo/model", import.meta.url).pathname;
+  const demoModel = new URL("../demo/model", import.meta.url).pathname;
   const bad = await run(["--model", demoModel, "--data", data, "--out", `${dir}/o`]);
   assertEquals(bad.code, 1);
   assert(bad.stderr.includes(`${data}:2: "prompt" must be a non-empty string`), bad.stderr);
@@ -74,7 +74,7 @@ Deno.test("train CLI names a missing data file, a bad JSONL line and a model wit
 });
 
 Deno.test("train CLI demo: EM-FT of the shipped model prints the before/after table and leaves the model untouched", async () => {
-  const demoModel = new URL("../train/demo/model", import.meta.url).pathname;
+  const demoModel = new URL("../demo/model", import.meta.url).pathname;
   const before = await Deno.readFile(`${demoModel}/model.safetensors`);
   const dir = await Deno.makeTempDir({ prefix: "cli_demo_" });
   const r = await run([
@@ -150,7 +150,7 @@ async function runCli(module: string, args: string[]) {
 
 /** A demo-model copy with a NaN in one weight. */
 async function nanDemoModel(dir: string): Promise<string> {
-  const demo = new URL("../train/demo/model", import.meta.url).pathname;
+  const demo = new URL("../demo/model", import.meta.url).pathname;
   const m = `${dir}/nan-model`;
   await Deno.mkdir(m);
   for await (const e of Deno.readDir(demo)) {
@@ -167,7 +167,7 @@ async function nanDemoModel(dir: string): Promise<string> {
 
 Deno.test("CLIs: strict integers, no stray arguments, empty or too-long prompts, NaN weights", async () => {
   const dir = await Deno.makeTempDir({ prefix: "cli_bad_" });
-  const demo = new URL("../train/demo/model", import.meta.url).pathname;
+  const demo = new URL("../demo/model", import.meta.url).pathname;
   const nan = await nanDemoModel(dir);
   for (
     const [module, args, code, message] of [
@@ -273,7 +273,7 @@ Deno.test("loadModel() initialises the device itself when initDevice() was not c
   await Deno.writeTextFile(
     script,
     `import { generate, loadModel } from "${new URL("../mod.ts", import.meta.url)}";
-const model = await loadModel("${new URL("../train/demo/model", import.meta.url).pathname}");
+const model = await loadModel("${new URL("../demo/model", import.meta.url).pathname}");
 const r = await generate(model, [model.tokenizer!.encode("12+34=")], { greedy: true, maxNewTokens: 3 });
 console.log("ids", r.tokens[0].length);`,
   );

@@ -9,11 +9,10 @@ import { is, numberFlag, parseArgs, type ParsedArgs } from "@std/cli";
 import { recoverDirectory } from "../engine/atomic.ts";
 import { initDeviceOrExplain } from "../engine/device.ts";
 import { loadModel, type QwenModel } from "../engine/model/qwen.ts";
-import { DEMO_MAX_NEW_TOKENS, heldOutProblems } from "./demo/arith.ts";
-import { accuracy, type DemoScores, evaluateDemo } from "./demo/evaluate.ts";
+import { DEMO_HELD_OUT, DEMO_MAX_NEW_TOKENS, DEMO_MODEL, heldOutProblems } from "../demo/task.ts";
+import { accuracy, type DemoScores, evaluateDemo } from "../demo/evaluate.ts";
 import {
   checkExampleFits,
-  DEMO_HELD_OUT,
   DemoSource,
   encodePrompt,
   type ExampleSource,
@@ -21,9 +20,6 @@ import {
   ShuffledSource,
 } from "./data.ts";
 import { DEFAULTS, DivergedError, train, type TrainOptions } from "./trainer.ts";
-
-/** The shipped demo model (never written to). */
-export const DEMO_MODEL = new URL("./demo/model", import.meta.url).pathname;
 
 /** Settings of the no-argument demo (see README: chosen to finish in about 5 minutes on 2 CPU cores). */
 export const DEMO_DEFAULTS: Partial<TrainOptions> = {

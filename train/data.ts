@@ -6,7 +6,7 @@
  */
 import { Rng } from "../engine/random.ts";
 import type { QwenTokenizer } from "../engine/model/tokenizer.ts";
-import { heldOutProblems, ProblemStream } from "./demo/arith.ts";
+import { DEMO_HELD_OUT, heldOutProblems, ProblemStream } from "../demo/task.ts";
 
 /** One training example; `answer` is used by SFT and by evaluation only. */
 export interface Example {
@@ -113,9 +113,6 @@ export class ShuffledSource implements ExampleSource {
     this.#shuffle();
   }
 }
-
-/** Number of held-out demo problems reserved for evaluation. */
-export const DEMO_HELD_OUT = 500;
 
 /** Fresh demo problems that never repeat a held-out one. */
 export class DemoSource implements ExampleSource {

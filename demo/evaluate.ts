@@ -4,9 +4,9 @@
  * model's next-token distributions along the greedy answers.
  * @module
  */
-import type { QwenModel } from "../../engine/model/qwen.ts";
-import { generate, type GenerateOptions } from "../../infer/generate.ts";
-import { decodeDemo, DEMO_EOS, DEMO_MAX_NEW_TOKENS, encodeDemo, type Problem } from "./arith.ts";
+import type { QwenModel } from "../engine/model/qwen.ts";
+import { generate, type GenerateOptions } from "../infer/generate.ts";
+import { decodeDemo, DEMO_EOS, DEMO_MAX_NEW_TOKENS, encodeDemo, type Problem } from "./task.ts";
 
 export interface DemoScores {
   greedyAccuracy: number;

@@ -8,11 +8,11 @@
  * @module
  */
 import { parseArgs } from "@std/cli";
-import { initDevice } from "../../engine/device.ts";
-import { parseQwenConfig } from "../../engine/model/config.ts";
-import { randomModel, saveModel } from "../../engine/model/qwen.ts";
-import { atomicWrite } from "../../engine/safetensors.ts";
-import { DEMO_CHARS, DEMO_EOS, demoConfig } from "./arith.ts";
+import { initDevice } from "../engine/device.ts";
+import { parseQwenConfig } from "../engine/model/config.ts";
+import { randomModel, saveModel } from "../engine/model/qwen.ts";
+import { atomicWrite } from "../engine/safetensors.ts";
+import { DEMO_CHARS, DEMO_EOS, demoConfig } from "./task.ts";
 
 /** tokenizer.json of the demo: one token per character, eos <|endoftext|>. */
 export function demoTokenizerJson(): Record<string, unknown> {

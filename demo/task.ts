@@ -4,7 +4,7 @@
  * `a*b` with a, b in 10..99. Prompt `537+268=`, answer `805` then eos.
  * @module
  */
-import { Rng } from "../../engine/random.ts";
+import { Rng } from "../engine/random.ts";
 
 /** Characters of the demo vocabulary; id 14 is eos and doubles as pad. */
 export const DEMO_CHARS = "0123456789+-*=";
@@ -14,6 +14,10 @@ export const DEMO_VOCAB = 15;
 export const DEMO_PROMPT_LENGTH = 8;
 /** Longest answer (4 digits for 99*99) plus eos. */
 export const DEMO_MAX_NEW_TOKENS = 5;
+/** Number of held-out problems reserved for evaluation (never trained on). */
+export const DEMO_HELD_OUT = 500;
+/** The shipped demo model (never written to). */
+export const DEMO_MODEL = new URL("./model", import.meta.url).pathname;
 
 export interface Problem {
   prompt: string;
