@@ -110,15 +110,13 @@ export function sizeClass(bytes: number): number {
 export const ERROR_SLOTS = { badTokenCount: 0, badTokenId: 1, vocabSize: 2 } as const;
 const ERROR_BYTES = 16;
 
-/** A scalar kernel parameter: u32 by default, or f32/i32 (bit-cast into the u32 slot). */
-export type Param = number | { f32: number } | { i32: number };
-
-/** One dispatch: a WGSL source, its storage buffers in binding order, parameters and grid. */
+/** One dispatch: a WGSL source, its storage buffers in binding order, its parameter words and grid. */
 export interface Dispatch {
   wgsl: string;
   /** Storage buffers bound at @binding(1..n) of @group(0); binding 0 is the params uniform. */
   buffers: GPUBuffer[];
-  params: Param[];
+  /** The uniform parameter block (engine/launch.ts packs it from the kernel's declaration). */
+  words: Uint32Array<ArrayBuffer>;
   workgroups: [number, number?, number?];
   label?: string;
 }
@@ -293,17 +291,8 @@ export class Device {
     const label = d.label ?? "kernel";
     this.dispatchCounts.set(label, (this.dispatchCounts.get(label) ?? 0) + 1);
     const pipeline = this.pipeline(d.wgsl, d.label);
-    const n = Math.max(4, Math.ceil(d.params.length / 4) * 4);
-    const words = new Uint32Array(n);
-    const f32 = new Float32Array(words.buffer);
-    const i32 = new Int32Array(words.buffer);
-    d.params.forEach((p, i) => {
-      if (typeof p === "number") words[i] = p;
-      else if ("f32" in p) f32[i] = p.f32;
-      else i32[i] = p.i32;
-    });
-    const uniform = this.#acquire(words.byteLength, UNIFORM_USAGE);
-    this.gpu.queue.writeBuffer(uniform, 0, words);
+    const uniform = this.#acquire(Math.max(16, d.words.byteLength), UNIFORM_USAGE);
+    this.gpu.queue.writeBuffer(uniform, 0, d.words);
     const maxBind = this.info.maxStorageBufferBindingSize;
     for (const b of d.buffers) {
       if (b.size > maxBind) {

@@ -4,7 +4,7 @@
  * @module
  */
 import { adamwKernel } from "../kernels/optim.ts";
-import { launch1d } from "./ops/_launch.ts";
+import { launch } from "./launch.ts";
 import { keep, noGrad } from "./scope.ts";
 import { Tensor } from "./tensor.ts";
 import { elementwise } from "./ops/_raw.ts";
@@ -55,22 +55,16 @@ export class AdamW {
     const bc2 = 1 - this.beta2 ** this.step;
     this.params.forEach((p, i) => {
       if (!p.grad) return;
-      launch1d(
-        adamwKernel,
-        [p, p.grad, this.m[i], this.v[i]],
-        [
-          p.size,
-          { f32: this.lr },
-          { f32: this.beta1 },
-          { f32: this.beta2 },
-          { f32: this.eps },
-          { f32: this.weightDecay },
-          { f32: this.lr / bc1 },
-          { f32: Math.sqrt(bc2) },
-        ],
-        p.size,
-        "adamw",
-      );
+      launch(adamwKernel, { g: p.grad, p, m: this.m[i], v: this.v[i] }, {
+        n: p.size,
+        lr: this.lr,
+        beta1: this.beta1,
+        beta2: this.beta2,
+        eps: this.eps,
+        weightDecay: this.weightDecay,
+        stepSize: this.lr / bc1,
+        bc2Sqrt: Math.sqrt(bc2),
+      }, p.size);
     });
   }
 

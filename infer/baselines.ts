@@ -4,7 +4,7 @@
  * @module
  */
 import { adaptiveTemperatureKernel } from "../kernels/adaptive_temperature.ts";
-import { launchRows } from "../engine/ops/_launch.ts";
+import { launch } from "../engine/launch.ts";
 import { noGrad } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 
@@ -31,12 +31,11 @@ export function adaptiveTemperature(
   return noGrad(() => {
     const out = Tensor.empty(logits.shape);
     const tau = Tensor.empty([rows]);
-    launchRows(
+    launch(
       adaptiveTemperatureKernel,
-      [logits, out, tau],
-      [rows, V, { f32: alpha }, { f32: delta }],
+      { z: logits, out, taus: tau },
+      { rows, V, alpha, delta },
       rows,
-      "adaptive_temp",
     );
     return { logits: out, tau };
   });

@@ -5,7 +5,7 @@
  * @module
  */
 import { emInfKernel } from "../kernels/em_inf.ts";
-import { launchRows } from "../engine/ops/_launch.ts";
+import { launch } from "../engine/launch.ts";
 import { noGrad } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 
@@ -68,13 +68,13 @@ export function emInfAdjustTensor(
         .flat(),
       [Math.max(1, o.steps), 2],
     );
-    launchRows(
-      emInfKernel,
-      [logits, out, m, v, used, bias],
-      [rows, V, o.steps, { f32: o.lr }, { f32: o.klWeight }, { f32: o.threshold }],
+    launch(emInfKernel, { z0: logits, bias, z: out, m, v, used }, {
       rows,
-      "em_inf",
-    );
+      V,
+      steps: o.steps,
+      klWeight: o.klWeight,
+      threshold: o.threshold,
+    }, rows);
     m.dispose();
     v.dispose();
     bias.dispose();

@@ -3,7 +3,7 @@
  * @module
  */
 import { sampleKernel } from "../kernels/sample.ts";
-import { launchRows } from "../engine/ops/_launch.ts";
+import { launch } from "../engine/launch.ts";
 import type { Rng } from "../engine/random.ts";
 import { Tensor } from "../engine/tensor.ts";
 
@@ -65,16 +65,15 @@ export function sampleTokens(
   const u = Tensor.from(uniforms, [rows]);
   const ids = Tensor.empty([rows], "i32");
   const flags = report?.flags ?? Tensor.zeros([rows], { dtype: "i32" });
-  const params = [
+  launch(sampleKernel, { z: logits, u, ids, bad: flags }, {
     rows,
     V,
-    o.greedy ? 1 : 0,
-    { f32: o.temperature || 1 },
-    o.topK,
-    { f32: o.topP },
-    report?.step ?? 0,
-  ];
-  launchRows(sampleKernel, [logits, u, ids, flags], params, rows, "sample");
+    greedy: o.greedy ? 1 : 0,
+    temperature: o.temperature || 1,
+    top_k: o.topK,
+    top_p: o.topP,
+    step: report?.step ?? 0,
+  }, rows);
   u.dispose();
   if (!report) flags.dispose();
   return ids;

@@ -4,16 +4,20 @@
  * (entropy grows with tau), then out = z / tau.
  * @module
  */
-import { paramsBlock, workgroupReduce } from "./common.ts";
+import { workgroupReduce } from "./common.ts";
+import { declareKernel } from "./declare.ts";
 
 export const ADAPT_WG = 128;
 
-/** Params: rows, V, alpha (f32), delta (f32), groupsX. Bindings: z in, out, tau (rows). */
-export const adaptiveTemperatureKernel = /* wgsl */ `
-${paramsBlock(5)}
-@group(0) @binding(1) var<storage, read> z: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(3) var<storage, read_write> taus: array<f32>;
+/** z (rows, V) in; out = z / tau; taus (rows). */
+export const adaptiveTemperatureKernel = declareKernel({
+  label: "adaptive_temp",
+  inputs: { z: "f32" },
+  outputs: { out: "f32", taus: "f32" },
+  params: { rows: "u32", V: "u32", alpha: "f32", delta: "f32" },
+  grid: "rows",
+  workgroupSize: [ADAPT_WG],
+  helpers: /* wgsl */ `
 ${workgroupReduce(ADAPT_WG)}
 
 // H(softmax(z / tau)) = log s - sum p c with c = (z - max) / tau
@@ -31,17 +35,17 @@ fn entropy_at(base: u32, V: u32, mx: f32, tau: f32, lid: u32) -> f32 {
   return max(log(S) - P / S, 0.0);
 }
 
-@compute @workgroup_size(${ADAPT_WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-  let row = wid.x + wid.y * pu(4u);
-  let lid = lid3.x;
-  let rows = pu(0u); let V = pu(1u);
+`,
+  main: /* wgsl */ `
+  let row = row_index(wid, nwg);
+  let lid = lid.x;
+  let rows = params.rows; let V = params.V;
   if (row >= rows) { return; }
   let base = row * V;
   var mx = -3.402823e38;
   for (var j = lid; j < V; j += ${ADAPT_WG}u) { mx = max(mx, z[base + j]); }
   mx = wg_reduce(mx, lid, true);
-  let goal = max(pf(2u) * entropy_at(base, V, mx, 1.0, lid), pf(3u));
+  let goal = max(params.alpha * entropy_at(base, V, mx, 1.0, lid), params.delta);
   var tau = 1.0;
   if (entropy_at(base, V, mx, 1.0, lid) > goal) {
     var lo = 0.01; var hi = 1.0;
@@ -52,6 +56,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     tau = lo;
   }
   for (var j = lid; j < V; j += ${ADAPT_WG}u) { out[base + j] = z[base + j] / tau; }
-  if (lid == 0u) { taus[row] = tau; }
-}
-`;
+  if (lid == 0u) { taus[row] = tau; }`,
+});

@@ -4,29 +4,28 @@
  * stopping once its entropy is below the threshold, all inside one dispatch.
  * @module
  */
-import { paramsBlock, workgroupReduce } from "./common.ts";
+import { workgroupReduce } from "./common.ts";
+import { declareKernel } from "./declare.ts";
 
 export const EMINF_WG = 128;
 
 /**
- * Params: rows, V, steps, lr (f32), klWeight (f32), threshold (f32), groupsX.
- * Bindings: z0 (rows, V) in; z (rows, V) out; m, v (rows, V) Adam scratch; used (rows) u32;
- * bias (steps) of (lr / (1 - b1^t), sqrt(1 - b2^t)).
+ * z0 (rows, V) in; z (rows, V) out; m, v (rows, V) Adam scratch; used (rows): steps taken;
+ * bias (steps) of (lr / (1 - b1^t), sqrt(1 - b2^t)), computed in float64 on the CPU as torch does.
  *
  * Per step, with p = softmax(z), a_i = dH/dp_i = -(log(p_i + 1e-12) + p_i / (p_i + 1e-12)):
  *   H = -sum p log(p + 1e-12); stop if H < threshold
  *   dH/dz_j = p_j (a_j - sum_i p_i a_i);  dKL/dz_j = p_j - p0_j
  *   Adam (torch): m, v moments; z -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
  */
-export const emInfKernel = /* wgsl */ `
-${paramsBlock(7)}
-@group(0) @binding(1) var<storage, read> z0: array<f32>;
-@group(0) @binding(2) var<storage, read_write> z: array<f32>;
-@group(0) @binding(3) var<storage, read_write> m: array<f32>;
-@group(0) @binding(4) var<storage, read_write> v: array<f32>;
-@group(0) @binding(5) var<storage, read_write> used: array<u32>;
-// per step t (from 1): (lr / (1 - b1^t), sqrt(1 - b2^t)), computed in float64 on the CPU as torch does
-@group(0) @binding(6) var<storage, read> bias: array<vec2<f32>>;
+export const emInfKernel = declareKernel({
+  label: "em_inf",
+  inputs: { z0: "f32", bias: "vec2<f32>" },
+  outputs: { z: "f32", m: "f32", v: "f32", used: "u32" },
+  params: { rows: "u32", V: "u32", steps: "u32", klWeight: "f32", threshold: "f32" },
+  grid: "rows",
+  workgroupSize: [EMINF_WG],
+  helpers: /* wgsl */ `
 ${workgroupReduce(EMINF_WG)}
 
 // (max, sum e^(z-max)) of a row of z or z0: softmax is e/s and log p = (z - max) - log s,
@@ -46,12 +45,12 @@ fn eps_log(p: f32) -> f32 {
   return select(log(1.0 + x), x - 0.5 * x * x, x < 1e-3);
 }
 
-@compute @workgroup_size(${EMINF_WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-  let row = wid.x + wid.y * pu(6u);
-  let lid = lid3.x;
-  let rows = pu(0u); let V = pu(1u); let steps = pu(2u);
-  let kw = pf(4u); let threshold = pf(5u);
+`,
+  main: /* wgsl */ `
+  let row = row_index(wid, nwg);
+  let lid = lid.x;
+  let rows = params.rows; let V = params.V; let steps = params.steps;
+  let kw = params.klWeight; let threshold = params.threshold;
   if (row >= rows) { return; }
   let base = row * V;
   for (var j = lid; j < V; j += ${EMINF_WG}u) { z[base + j] = z0[base + j]; m[base + j] = 0.0; v[base + j] = 0.0; }
@@ -93,6 +92,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     taken = t;
     storageBarrier();
   }
-  if (lid == 0u) { used[row] = taken; }
-}
-`;
+  if (lid == 0u) { used[row] = taken; }`,
+});

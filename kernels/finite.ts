@@ -1,5 +1,6 @@
 /** Counting NaN/Inf values of a tensor, for checking weights once at load. @module */
-import { flatIndex, paramsBlock, WG } from "./common.ts";
+import { WG } from "./common.ts";
+import { declareKernel } from "./declare.ts";
 
 /** 32-bit words each invocation scans (contiguous: cheap on CPU adapters, fine on GPUs). */
 export const FINITE_WORDS_PER_THREAD = 16;
@@ -7,18 +8,20 @@ export const FINITE_WORDS_PER_THREAD = 16;
 /**
  * counts[slot] += number of NaN/Inf elements in x, read as u32 words: one f32,
  * or two bf16/f16 halves (an odd tensor's padding half is zero, so finite).
- * Params: words, kind (0 f32, 1 bf16, 2 f16), slot.
+ * kind: 0 f32, 1 bf16, 2 f16. Launched over ceil(words / FINITE_WORDS_PER_THREAD).
  */
-export const nonFiniteCountKernel = /* wgsl */ `
-${paramsBlock(3)}
-@group(0) @binding(1) var<storage, read> x: array<u32>;
-@group(0) @binding(2) var<storage, read_write> counts: array<atomic<u32>>;
-${flatIndex}
-fn bad_half(h: u32, exp_mask: u32) -> u32 { return select(0u, 1u, (h & exp_mask) == exp_mask); }
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+export const nonFiniteCountKernel = declareKernel({
+  label: "non_finite_count",
+  inputs: { x: "u32" },
+  outputs: { counts: "atomic<u32>" },
+  params: { words: "u32", kind: "u32", slot: "u32" },
+  grid: "elements",
+  workgroupSize: [WG],
+  helpers:
+    "fn bad_half(h: u32, exp_mask: u32) -> u32 { return select(0u, 1u, (h & exp_mask) == exp_mask); }",
+  main: `
   let i = flat_index(gid, nwg);
-  let words = pu(0u); let kind = pu(1u);
+  let words = params.words; let kind = params.kind;
   let j0 = i * ${FINITE_WORDS_PER_THREAD}u;
   if (j0 >= words) { return; }
   let j1 = min(j0 + ${FINITE_WORDS_PER_THREAD}u, words);
@@ -32,6 +35,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
       n += bad_half(w & 0xffffu, mask) + bad_half(w >> 16u, mask);
     }
   }
-  if (n > 0u) { atomicAdd(&counts[pu(2u)], n); }
-}
-`;
+  if (n > 0u) { atomicAdd(&counts[params.slot], n); }`,
+});

@@ -7,16 +7,22 @@
  * cost more than they save (DESIGN.md measured 3.5 vs 7.7 GFLOP/s at 1024^3).
  * @module
  */
-import { paramsBlock } from "./common.ts";
+import { declareKernel, memoKernel } from "./declare.ts";
 
-export const MM = {
-  M: 0,
-  N: 1,
-  K: 2,
-  batch: 3,
-  a: 4, // a batch, row (m), col (k) strides
-  b: 7, // b batch, row (k), col (n) strides
-  tile: { tm: 4, tn: 4, wx: 8, wy: 8 },
+export const MM = { tile: { tm: 4, tn: 4, wx: 8, wy: 8 } } as const;
+
+/** Sizes, and the batch/row/col strides of a (m, k) and b (k, n): transposes need no copy. */
+const PARAMS = {
+  M: "u32",
+  N: "u32",
+  K: "u32",
+  batch: "u32",
+  sab: "u32",
+  sam: "u32",
+  sak: "u32",
+  sbb: "u32",
+  sbk: "u32",
+  sbn: "u32",
 } as const;
 
 /**
@@ -24,40 +30,39 @@ export const MM = {
  * Other layouts use scalar loads; `bType` bf16/f16 reads B packed two per u32
  * (weights stay in their stored precision).
  */
-export function matmulKernel(vecB: boolean, bType: "f32" | "bf16" | "f16" = "f32"): string {
+export const matmulKernel = memoKernel((vecB: boolean, bType: "f32" | "bf16" | "f16" = "f32") => {
   const { tm, tn, wx, wy } = MM.tile;
   const half = bType !== "f32";
-  const bBinding = vecB
-    ? "@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;"
-    : half
-    ? `@group(0) @binding(2) var<storage, read> bw: array<u32>;
-fn ldb(i: u32) -> f32 {
-  let w = bw[i / 2u];
+  // b is read as vec4 rows (b4), packed halves (bw) or scalars (b)
+  const bType4 = vecB ? "vec4<f32>" : half ? "u32" : "f32";
+  const bHelper = vecB ? "" : half
+    ? `fn ldb(i: u32) -> f32 {
+  let w = b[i / 2u];
   let h = select(w & 0xffffu, w >> 16u, (i & 1u) == 1u);
   return ${bType === "bf16" ? "bitcast<f32>(h << 16u)" : "unpack2x16float(h).x"};
 }`
-    : `@group(0) @binding(2) var<storage, read> b: array<f32>;
-fn ldb(i: u32) -> f32 { return b[i]; }`;
-  const loadB = vecB ? `let bv = b4[(bOff + k * sbk + n0) / 4u];` : `let bv = vec4<f32>(
+    : `fn ldb(i: u32) -> f32 { return b[i]; }`;
+  const loadB = vecB ? `let bv = b[(bOff + k * sbk + n0) / 4u];` : `let bv = vec4<f32>(
         ldb(bOff + k * sbk + min(n0 + 0u, N - 1u) * sbn),
         ldb(bOff + k * sbk + min(n0 + 1u, N - 1u) * sbn),
         ldb(bOff + k * sbk + min(n0 + 2u, N - 1u) * sbn),
         ldb(bOff + k * sbk + min(n0 + 3u, N - 1u) * sbn));`;
-  return /* wgsl */ `
-${paramsBlock(10)}
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-${bBinding}
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
-@compute @workgroup_size(${wx}, ${wy})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
-        @builtin(local_invocation_id) lid: vec3<u32>) {
-  let M = pu(${MM.M}u); let N = pu(${MM.N}u); let K = pu(${MM.K}u);
+  return declareKernel({
+    label: "matmul",
+    inputs: { a: "f32", b: bType4 },
+    outputs: { c: "f32" },
+    params: PARAMS,
+    grid: "workgroups",
+    workgroupSize: [wx, wy],
+    helpers: bHelper,
+    main: `
+  let M = params.M; let N = params.N; let K = params.K;
   let bz = wid.z;
   let m0 = (wid.y * ${wy}u + lid.y) * ${tm}u;
   let n0 = (wid.x * ${wx}u + lid.x) * ${tn}u;
   if (m0 >= M || n0 >= N) { return; }
-  let sab = pu(${MM.a}u); let sam = pu(${MM.a + 1}u); let sak = pu(${MM.a + 2}u);
-  let sbb = pu(${MM.b}u); let sbk = pu(${MM.b + 1}u); let sbn = pu(${MM.b + 2}u);
+  let sab = params.sab; let sam = params.sam; let sak = params.sak;
+  let sbb = params.sbb; let sbk = params.sbk; let sbn = params.sbn;
   let aOff = bz * sab; let bOff = bz * sbb;
   // Rows past M read row M-1 (valid memory); their results are not stored.
   let r0 = aOff + min(m0 + 0u, M - 1u) * sam;
@@ -79,10 +84,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
         if (n0 + j < N) { c[cOff + m * N + n0 + j] = rows[i][j]; }
       }
     }
-  }
-}
-`;
-}
+  }`,
+  });
+});
 
 /**
  * The fast path: each invocation owns 8x8 outputs and reads both operands as
@@ -92,11 +96,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
  * matmulKernel. Fully unrolled into named registers: indexed arrays spill on
  * CPU adapters.
  */
-export function matmulVec4Kernel(
+export const matmulVec4Kernel = memoKernel((
   transA: boolean,
   transB: boolean,
   bType: "f32" | "bf16" | "f16" = "f32",
-): string {
+) => {
   const W = 8; // 8x8 invocations per workgroup: a 64x64 tile
   const R = [0, 1, 2, 3, 4, 5, 6, 7];
   const Q = [0, 1, 2, 3];
@@ -153,23 +157,24 @@ export function matmulVec4Kernel(
     `if (m0 + ${i}u < M) { store(cOff + (m0 + ${i}u) * N, n0, N, c_${i}_0, c_${i}_1); }`
   ).join("\n  ");
   // four consecutive elements of B from element index i (a multiple of 4)
-  const bBinding = bType === "f32"
-    ? `@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
-fn ldb4(i: u32) -> vec4<f32> { return b4[i / 4u]; }`
-    : `@group(0) @binding(2) var<storage, read> bw: array<u32>;
-fn half2(w: u32) -> vec2<f32> {
+  const bHelper = bType === "f32"
+    ? `fn ldb4(i: u32) -> vec4<f32> { return b[i / 4u]; }`
+    : `fn half2(w: u32) -> vec2<f32> {
   ${
       bType === "bf16"
         ? "return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));"
         : "return unpack2x16float(w);"
     }
 }
-fn ldb4(i: u32) -> vec4<f32> { return vec4<f32>(half2(bw[i / 2u]), half2(bw[i / 2u + 1u])); }`;
-  return /* wgsl */ `
-${paramsBlock(10)}
-@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
-${bBinding}
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+fn ldb4(i: u32) -> vec4<f32> { return vec4<f32>(half2(b[i / 2u]), half2(b[i / 2u + 1u])); }`;
+  return declareKernel({
+    label: "matmul",
+    inputs: { a4: "vec4<f32>", b: bType === "f32" ? "vec4<f32>" : "u32" },
+    outputs: { c: "f32" },
+    params: PARAMS,
+    grid: "workgroups",
+    workgroupSize: [W, W],
+    helpers: `${bHelper}
 fn store(row: u32, n0: u32, N: u32, lo: vec4<f32>, hi: vec4<f32>) {
   if (n0 + 8u <= N) {
     c[row + n0] = lo.x; c[row + n0 + 1u] = lo.y; c[row + n0 + 2u] = lo.z; c[row + n0 + 3u] = lo.w;
@@ -179,21 +184,19 @@ fn store(row: u32, n0: u32, N: u32, lo: vec4<f32>, hi: vec4<f32>) {
   for (var j = 0u; j < 8u; j++) {
     if (n0 + j < N) { c[row + n0 + j] = select(hi[j - 4u], lo[min(j, 3u)], j < 4u); }
   }
-}
-@compute @workgroup_size(${W}, ${W})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let M = pu(${MM.M}u); let N = pu(${MM.N}u); let K = pu(${MM.K}u);
+}`,
+    main: `
+  let M = params.M; let N = params.N; let K = params.K;
   let bz = wid.z;
   let m0 = (wid.y * ${W}u + lid.y) * 8u;
   let n0 = (wid.x * ${W}u + lid.x) * 8u;
   if (m0 >= M || n0 >= N) { return; }
-  let aOff = bz * pu(${MM.a}u); let bOff = bz * pu(${MM.b}u);
+  let aOff = bz * params.sab; let bOff = bz * params.sbb;
   ${decl}
   for (var k = 0u; k < K; k += 4u) {
     ${lines.join("\n    ")}
   }
   let cOff = bz * M * N;
-  ${stores}
-}
-`;
-}
+  ${stores}`,
+  });
+});

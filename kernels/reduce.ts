@@ -1,9 +1,9 @@
 /**
- * Reductions over one axis of a tensor viewed as (outer, n, inner):
- * one workgroup per output element, RW threads striding over n, then a tree.
+ * Reductions over one axis of a tensor viewed as (outer, n, inner).
  * @module
  */
-import { flatIndex, paramsBlock, WG } from "./common.ts";
+import { WG } from "./common.ts";
+import { declareKernel, memoKernel } from "./declare.ts";
 
 export const RW = 64;
 
@@ -17,23 +17,31 @@ export function treeReduce(combine: string, size = RW): string {
   }`;
 }
 
-/** Params: outer, n, inner, groupsX. out[o*inner+i] = reduce_k x[(o*n+k)*inner+i]. */
-export function reduceKernel(op: "sum" | "max" | "sumsq"): string {
-  const init = op === "max" ? "-3.402823e38" : "0.0";
+type ReduceOp = "sum" | "max" | "sumsq";
+const INIT = { sum: "0.0", sumsq: "0.0", max: "-3.402823e38" };
+const PARAMS = { outer: "u32", n: "u32", inner: "u32" } as const;
+
+/**
+ * One workgroup per output, RW threads striding over n, then a tree:
+ * out[o*inner+i] = reduce_k src[(o*n+k)*inner+i]. Launched over outputs (rows).
+ */
+export const reduceKernel = memoKernel((op: ReduceOp) => {
   const combine = op === "max" ? "max(x, y)" : "x + y";
   const term = op === "sumsq" ? "v * v" : "v";
-  return /* wgsl */ `
-${paramsBlock(4)}
-@group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-var<workgroup> red: array<f32, ${RW}>;
-@compute @workgroup_size(${RW})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let j = wid.x + wid.y * pu(3u);
-  let outer = pu(0u); let n = pu(1u); let inner = pu(2u);
+  return declareKernel({
+    label: op,
+    inputs: { src: "f32" },
+    outputs: { out: "f32" },
+    params: PARAMS,
+    grid: "rows",
+    workgroupSize: [RW],
+    helpers: `var<workgroup> red: array<f32, ${RW}>;`,
+    main: `
+  let j = row_index(wid, nwg);
+  let outer = params.outer; let n = params.n; let inner = params.inner;
   let valid = j < outer * inner;
   let o = j / max(inner, 1u); let i = j % max(inner, 1u);
-  var acc = ${init};
+  var acc = ${INIT[op]};
   if (valid) {
     for (var k = lid.x; k < n; k += ${RW}u) {
       let v = src[(o * n + k) * inner + i];
@@ -43,36 +51,34 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   }
   red[lid.x] = acc;
   ${treeReduce(combine)}
-  if (valid && lid.x == 0u) { out[j] = red[0]; }
-}
-`;
-}
+  if (valid && lid.x == 0u) { out[j] = red[0]; }`,
+  });
+});
 
 /**
  * The same reduction with one invocation per output looping over n: cheaper
  * than a workgroup tree when there are many outputs or short rows (and on CPU
- * adapters, where barriers are costly). Params: outer, n, inner, count.
+ * adapters, where barriers are costly). Launched over outputs (elements).
  */
-export function reduceLoopKernel(op: "sum" | "max" | "sumsq"): string {
-  const init = op === "max" ? "-3.402823e38" : "0.0";
+export const reduceLoopKernel = memoKernel((op: ReduceOp) => {
   const step = op === "max" ? "acc = max(acc, v);" : op === "sumsq" ? "acc += v * v;" : "acc += v;";
-  return /* wgsl */ `
-${paramsBlock(4)}
-@group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-${flatIndex}
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  return declareKernel({
+    label: op,
+    inputs: { src: "f32" },
+    outputs: { out: "f32" },
+    params: PARAMS,
+    grid: "elements",
+    workgroupSize: [WG],
+    main: `
   let j = flat_index(gid, nwg);
-  let outer = pu(0u); let n = pu(1u); let inner = pu(2u);
+  let outer = params.outer; let n = params.n; let inner = params.inner;
   if (j >= outer * inner) { return; }
   let o = j / inner; let i = j % inner;
-  var acc = ${init};
+  var acc = ${INIT[op]};
   for (var k = 0u; k < n; k++) {
     let v = src[(o * n + k) * inner + i];
     ${step}
   }
-  out[j] = acc;
-}
-`;
-}
+  out[j] = acc;`,
+  });
+});

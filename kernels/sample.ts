@@ -5,26 +5,35 @@
  * logit value (no sort), so a 151936-wide row needs no scratch memory.
  * @module
  */
-import { paramsBlock, workgroupReduce } from "./common.ts";
+import { workgroupReduce } from "./common.ts";
+import { declareKernel } from "./declare.ts";
 
 export const SAMPLE_WG = 128;
 
 /**
- * Params: rows, V, greedy (u32), temperature (f32), topK (u32, 0 = off),
- * topP (f32, 1 = off), step, groupsX. Bindings: z (rows, V), u (rows), ids out
- * (rows) i32, bad (rows) i32. A row holding NaN or Inf gets id 0 (never an id
- * outside the vocabulary) and, if bad[row] is still 0, bad[row] = step + 1.
+ * z (rows, V) logits, u (rows) uniforms; ids (rows) out. greedy is 0/1; top_k 0 and top_p 1
+ * are off. A row holding NaN or +Inf (or no finite logit) gets id 0, never an id outside
+ * the vocabulary, and bad[row] = step + 1 if it is still 0.
  */
-export const sampleKernel = /* wgsl */ `
-${paramsBlock(8)}
-@group(0) @binding(1) var<storage, read> z: array<f32>;
-@group(0) @binding(2) var<storage, read> u: array<f32>;
-@group(0) @binding(3) var<storage, read_write> ids: array<i32>;
-@group(0) @binding(4) var<storage, read_write> bad: array<i32>;
+export const sampleKernel = declareKernel({
+  label: "sample",
+  inputs: { z: "f32", u: "f32" },
+  outputs: { ids: "i32", bad: "i32" },
+  params: {
+    rows: "u32",
+    V: "u32",
+    greedy: "u32",
+    temperature: "f32",
+    top_k: "u32",
+    top_p: "f32",
+    step: "u32",
+  },
+  grid: "rows",
+  workgroupSize: [SAMPLE_WG],
+  helpers: /* wgsl */ `
 var<workgroup> red_f: array<f32, ${SAMPLE_WG}>;
 var<workgroup> red_i: array<u32, ${SAMPLE_WG}>;
 var<workgroup> shared_f: array<f32, 4>;
-
 ${workgroupReduce(SAMPLE_WG)}
 fn wg_max(v: f32, lid: u32) -> f32 { return wg_reduce(v, lid, true); }
 fn wg_sum(v: f32, lid: u32) -> f32 { return wg_reduce(v, lid, false); }
@@ -40,15 +49,15 @@ fn wg_count(v: u32, lid: u32) -> u32 {
   return r;
 }
 
-@compute @workgroup_size(${SAMPLE_WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-  let row = wid.x + wid.y * pu(7u);
-  let lid = lid3.x;
-  let rows = pu(0u); let V = pu(1u);
+`,
+  main: /* wgsl */ `
+  let row = row_index(wid, nwg);
+  let lid = lid.x;
+  let rows = params.rows; let V = params.V;
   if (row >= rows) { return; }
   let base = row * V;
-  let greedy = pu(2u) == 1u;
-  let temp = pf(3u); let top_k = pu(4u); let top_p = pf(5u);
+  let greedy = params.greedy == 1u;
+  let temp = params.temperature; let top_k = params.top_k; let top_p = params.top_p;
   // chunk of this thread: contiguous, so the inverse CDF walks indices in order
   let chunk = (V + ${SAMPLE_WG - 1}u) / ${SAMPLE_WG}u;
   let j0 = min(lid * chunk, V); let j1 = min(j0 + chunk, V);
@@ -68,7 +77,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   if (wg_max(unusable, lid) > 0.0 || wg_max(finite, lid) == 0.0) {
     if (lid == 0u) {
       ids[row] = 0;
-      if (bad[row] == 0) { bad[row] = i32(pu(6u)) + 1; }
+      if (bad[row] == 0) { bad[row] = i32(params.step) + 1; }
     }
     return;
   }
@@ -163,6 +172,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       }
     }
     ids[row] = i32(min(pick, V - 1u));
-  }
-}
-`;
+  }`,
+});

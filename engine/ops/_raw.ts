@@ -4,17 +4,12 @@
  * every op file (and autograd.ts) may import it without a cycle.
  * @module
  */
-import { elementwiseKernel, EW, type ReadMode } from "../../kernels/elementwise.ts";
+import { elementwiseKernel, type ReadMode } from "../../kernels/elementwise.ts";
 import { MAX_RANK } from "../../kernels/common.ts";
 import { reduceKernel, reduceLoopKernel } from "../../kernels/reduce.ts";
-import type { Param } from "../device.ts";
+import { launch } from "../launch.ts";
 import { numel, Tensor } from "../tensor.ts";
-import { launch1d, launchRows, memo } from "./_launch.ts";
 import { broadcastShapes, broadcastStrides, sameShape } from "./_shape.ts";
-
-const kernel = memo(elementwiseKernel);
-const reduceTree = memo(reduceKernel);
-const reduceLoop = memo(reduceLoopKernel);
 
 /** Runs `expr` over broadcast inputs (all f32); no tape. */
 export function elementwise(name: string, inputs: Tensor[], expr: string, alpha = 0): Tensor {
@@ -27,15 +22,19 @@ export function elementwise(name: string, inputs: Tensor[], expr: string, alpha 
   const modes = inputs.map((t): ReadMode =>
     sameShape(t.shape, shape) ? "f" : t.size === 1 ? "s" : "b"
   ).join("");
-  const params: Param[] = new Array(EW.alpha(inputs.length) + 1).fill(0);
-  params[EW.n] = out.size;
-  params[EW.rank] = shape.length;
-  shape.forEach((d, i) => params[EW.shape + i] = d);
-  inputs.forEach((t, k) =>
-    broadcastStrides(t.shape, shape).forEach((s, i) => params[EW.strides(k) + i] = s)
-  );
-  params[EW.alpha(inputs.length)] = { f32: alpha };
-  launch1d(kernel(modes, expr), [...inputs, out], params, out.size, name);
+  const names = ["in_a", "in_b", "in_c"];
+  const buffers: Record<string, Tensor> = { out };
+  const params: Record<string, number | number[]> = {
+    n: out.size,
+    rank: shape.length,
+    alpha,
+    shape: [...shape],
+  };
+  inputs.forEach((t, k) => {
+    buffers[names[k]] = t;
+    params[`strides_${names[k].slice(3)}`] = broadcastStrides(t.shape, shape);
+  });
+  launch(elementwiseKernel(modes, expr), buffers, params, out.size, name);
   return out;
 }
 
@@ -57,8 +56,8 @@ export function reduceRaw(
   const outputs = outer * inner;
   // a workgroup tree only pays off for few, long rows
   if (outputs >= 256 || n <= 1024) {
-    launch1d(reduceLoop(op), [x, out], [outer, n, inner, outputs], outputs, op);
-  } else launchRows(reduceTree(op), [x, out], [outer, n, inner], outputs, op);
+    launch(reduceLoopKernel(op), { src: x, out }, { outer, n, inner }, outputs);
+  } else launch(reduceKernel(op), { src: x, out }, { outer, n, inner }, outputs);
   return out;
 }
 

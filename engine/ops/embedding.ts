@@ -3,11 +3,9 @@ import { embeddingBackwardKernel, embeddingKernel } from "../../kernels/embeddin
 import { device } from "../device.ts";
 import { record } from "../autograd.ts";
 import { Tensor } from "../tensor.ts";
-import { launch1d, memo } from "./_launch.ts";
+import { launch } from "../launch.ts";
 import type { NDArray } from "./_reference.ts";
 import { fill } from "./fill.ts";
-
-const kernel = memo(embeddingKernel);
 
 /**
  * Rows of `weight` picked by `ids`. With `offset`, weight holds rows
@@ -24,12 +22,16 @@ export function embedding(weight: Tensor, ids: Tensor, offset = 0, vocab?: numbe
   if (weight.dtype === "i32") throw new Error("embedding: weight must be a float tensor");
   const [V, C] = weight.shape;
   const out = Tensor.empty([...ids.shape, C]);
-  launch1d(
-    kernel(weight.dtype),
-    [weight, ids, out, { buffer: device().errorBuffer }],
-    [ids.size, C, V, { i32: offset }, { i32: vocab ?? offset + V }],
+  launch(
+    embeddingKernel(weight.dtype),
+    {
+      w: weight,
+      ids,
+      out,
+      err: { buffer: device().errorBuffer },
+    },
+    { T: ids.size, C, V, offset, vocab: vocab ?? offset + V },
     out.size,
-    "embedding",
   );
   return record(out, {
     op: "embedding",
@@ -38,13 +40,7 @@ export function embedding(weight: Tensor, ids: Tensor, offset = 0, vocab?: numbe
     // scatter-add of g into the rows that were read
     backward: (g) => {
       const dw = fill([V, C], 0);
-      launch1d(
-        embeddingBackwardKernel,
-        [g, ids, dw],
-        [ids.size, C, V, { i32: offset }],
-        C,
-        "embedding_bwd",
-      );
+      launch(embeddingBackwardKernel, { g, ids, dw }, { T: ids.size, C, V, offset }, C);
       return [dw];
     },
   });

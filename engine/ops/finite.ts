@@ -1,7 +1,7 @@
 /** How many NaN/Inf values tensors hold (no gradient): a load-time check of weights. @module */
 import { FINITE_WORDS_PER_THREAD, nonFiniteCountKernel } from "../../kernels/finite.ts";
 import { Tensor } from "../tensor.ts";
-import { launch1d } from "./_launch.ts";
+import { launch } from "../launch.ts";
 
 const KIND = { f32: 0, bf16: 1, f16: 2 } as const;
 
@@ -16,13 +16,8 @@ export async function nonFiniteCounts(tensors: Tensor[]): Promise<number[]> {
     tensors.forEach((t, slot) => {
       if (t.dtype === "i32") throw new Error("nonFiniteCounts: i32 tensors are always finite");
       const words = t.dtype === "f32" ? t.size : Math.ceil(t.size / 2);
-      launch1d(
-        nonFiniteCountKernel,
-        [t, counts],
-        [words, KIND[t.dtype], slot],
-        Math.ceil(words / FINITE_WORDS_PER_THREAD),
-        "non_finite_count",
-      );
+      const threads = Math.ceil(words / FINITE_WORDS_PER_THREAD);
+      launch(nonFiniteCountKernel, { x: t, counts }, { words, kind: KIND[t.dtype], slot }, threads);
     });
     return Array.from(await counts.toArray());
   } finally {

@@ -5,15 +5,11 @@
  * @module
  */
 import { matmulKernel, matmulVec4Kernel, MM } from "../../kernels/matmul.ts";
-import { device } from "../device.ts";
 import { record } from "../autograd.ts";
+import { launch } from "../launch.ts";
 import { numel, Tensor } from "../tensor.ts";
-import { memo } from "./_launch.ts";
 import type { NDArray } from "./_reference.ts";
 import { sum } from "./reduce.ts";
-
-const kernel = memo(matmulKernel);
-const vec4Kernel = memo(matmulVec4Kernel);
 
 export interface MatmulOptions {
   transA?: boolean;
@@ -82,39 +78,35 @@ function launchMatmul(
 ): void {
   const sa = transA ? [1, M] : [K, 1]; // (m, k) strides
   const sb = transB ? [1, K] : [N, 1]; // (k, n) strides
-  const params = [
+  const params = {
     M,
     N,
     K,
     batch,
-    aBatch === 1 ? 0 : M * K,
-    sa[0],
-    sa[1],
-    bBatch === 1 ? 0 : K * N,
-    sb[0],
-    sb[1],
-  ];
-  const buffers = [a.buffer, b.buffer, out.buffer];
+    sab: aBatch === 1 ? 0 : M * K,
+    sam: sa[0],
+    sak: sa[1],
+    sbb: bBatch === 1 ? 0 : K * N,
+    sbk: sb[0],
+    sbn: sb[1],
+  };
+  const bType = b.dtype as "f32" | "bf16" | "f16";
   // vec4 fast path: the contiguous axis of each operand and K are multiples of 4
   if (K % 4 === 0 && (!transA || M % 4 === 0) && (transB || N % 4 === 0)) {
-    device().dispatch({
-      wgsl: vec4Kernel(transA, transB, b.dtype as "f32" | "bf16" | "f16"),
-      buffers,
-      params,
-      workgroups: [Math.ceil(N / 64), Math.ceil(M / 64), batch],
-      label: "matmul",
-    });
+    launch(matmulVec4Kernel(transA, transB, bType), { a4: a, b, c: out }, params, [
+      Math.ceil(N / 64),
+      Math.ceil(M / 64),
+      batch,
+    ]);
     return;
   }
   const vecB = b.dtype === "f32" && !transB && N % 4 === 0;
   const { tm, tn, wx, wy } = MM.tile;
-  device().dispatch({
-    wgsl: kernel(vecB, b.dtype as "f32" | "bf16" | "f16"),
-    buffers,
-    params,
-    workgroups: [Math.ceil(N / (tn * wx)), Math.ceil(M / (tm * wy)), batch],
-    label: "matmul",
-  });
+  launch(matmulKernel(vecB, bType), { a, b, c: out }, params, [
+    Math.ceil(N / (tn * wx)),
+    Math.ceil(M / (tm * wy)),
+    batch,
+  ]);
 }
 
 /** Matrix product of the last two axes, batched over the leading ones. */

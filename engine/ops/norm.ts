@@ -6,7 +6,7 @@ import {
 } from "../../kernels/norm_rope.ts";
 import { record } from "../autograd.ts";
 import { Tensor } from "../tensor.ts";
-import { launch1d } from "./_launch.ts";
+import { launch } from "../launch.ts";
 import { mapRows, type NDArray } from "./_reference.ts";
 import { mul } from "./elementwise.ts";
 import { sumTo } from "./_raw.ts";
@@ -23,7 +23,7 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   const rows = x.size / C;
   const y = Tensor.empty(x.shape);
   const r = Tensor.empty([rows]);
-  launch1d(rmsNormForwardKernel, [x, weight, y, r], [rows, C, { f32: eps }], rows, "rms_norm");
+  launch(rmsNormForwardKernel, { x, w: weight, y, rstd: r }, { rows, C, eps }, rows);
   return record(y, {
     op: "rmsNorm",
     inputs: [x, weight],
@@ -33,7 +33,7 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
       if (x.requiresGrad) {
         gx = Tensor.empty(x.shape);
         // dx = r * (w g - x r^2 mean(w g x))
-        launch1d(rmsNormBackwardKernel, [x, weight, r, g, gx], [rows, C], rows, "rms_norm_bwd");
+        launch(rmsNormBackwardKernel, { x, w: weight, rstd: r, g, dx: gx }, { rows, C }, rows);
       }
       let gw: Tensor | null = null;
       if (weight.requiresGrad) {
@@ -58,7 +58,7 @@ export function rope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
     );
   }
   const y = Tensor.empty(x.shape);
-  launch1d(ropeKernel, [x, cos, sin, y], [x.size, H, T, D, { f32: 1 }], x.size, "rope");
+  launch(ropeKernel, { x, cosT: cos, sinT: sin, out: y }, { n: x.size, H, T, D, sign: 1 }, x.size);
   return record(y, {
     op: "rope",
     inputs: [x],
@@ -66,7 +66,19 @@ export function rope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
     // dx = g cos - rotate_half(g) sin: the same kernel with -sin
     backward: (g) => {
       const gx = Tensor.empty(x.shape);
-      launch1d(ropeKernel, [g, cos, sin, gx], [x.size, H, T, D, { f32: -1 }], x.size, "rope_bwd");
+      launch(
+        ropeKernel,
+        { x: g, cosT: cos, sinT: sin, out: gx },
+        {
+          n: x.size,
+          H,
+          T,
+          D,
+          sign: -1,
+        },
+        x.size,
+        "rope_bwd",
+      );
       return [gx];
     },
   });

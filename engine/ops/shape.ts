@@ -3,18 +3,15 @@
  * cast. All data movement goes through one strided-copy kernel.
  * @module
  */
-import { castToF32Kernel, COPY, stridedCopyKernel } from "../../kernels/elementwise.ts";
+import { castToF32Kernel, stridedCopyKernel } from "../../kernels/elementwise.ts";
 import { MAX_RANK } from "../../kernels/common.ts";
 import { record } from "../autograd.ts";
 import { numel, Tensor } from "../tensor.ts";
-import { launch1d } from "./_launch.ts";
+import { launch } from "../launch.ts";
 import { sumTo } from "./_raw.ts";
 import type { NDArray } from "./_reference.ts";
 import { broadcastStrides, normAxis, stridesOf } from "./_shape.ts";
 import { fill } from "./fill.ts";
-
-const copyF32 = stridedCopyKernel("f32");
-const copyU32 = stridedCopyKernel("u32");
 
 /**
  * dst[dstOffset + sum i*dstStrides] = src[srcOffset + sum i*srcStrides] over `shape`
@@ -30,16 +27,15 @@ export function stridedCopy(
   shape: readonly number[],
 ): void {
   if (shape.length > MAX_RANK) throw new Error(`copy: rank ${shape.length} > ${MAX_RANK}`);
-  const p = new Array(22).fill(0);
-  p[COPY.n] = numel(shape);
-  p[COPY.rank] = shape.length;
-  shape.forEach((d, i) => p[COPY.shape + i] = d);
-  p[COPY.inOffset] = srcOffset;
-  srcStrides.forEach((s, i) => p[COPY.inStrides + i] = s);
-  p[COPY.outOffset] = dstOffset;
-  dstStrides.forEach((s, i) => p[COPY.outStrides + i] = s);
-  const wgsl = src.dtype === "f32" ? copyF32 : copyU32;
-  launch1d(wgsl, [src, dst], p, numel(shape), "copy");
+  launch(stridedCopyKernel(src.dtype === "f32" ? "f32" : "u32"), { src, dst }, {
+    n: numel(shape),
+    rank: shape.length,
+    srcOffset,
+    dstOffset,
+    shape,
+    srcStrides,
+    dstStrides,
+  }, numel(shape));
 }
 
 function check32(x: Tensor, op: string): void {
@@ -159,7 +155,7 @@ export function cast(x: Tensor, dtype: "f32"): Tensor {
   if (dtype !== "f32") throw new Error(`cast: only to f32 is supported, not ${dtype}`);
   if (x.dtype === "f32") return x.view(x.shape);
   const y = Tensor.empty(x.shape, "f32");
-  launch1d(castToF32Kernel(x.dtype), [x, y], [x.size], x.size, `cast_${x.dtype}`);
+  launch(castToF32Kernel(x.dtype), { src: x, out: y }, { n: x.size }, x.size);
   return y;
 }
 

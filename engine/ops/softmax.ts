@@ -6,37 +6,26 @@
  */
 import {
   entropyBackwardKernel,
-  entropyForwardKernel,
+  type RowEpilogue,
+  rowKernel,
   SHORT_ROW,
-  shortEntropyForwardKernel,
-  shortSoftmaxKernel,
-  shortTokenLogProbForwardKernel,
-  softmaxKernel,
   tokenLogProbBackwardKernel,
-  tokenLogProbForwardKernel,
 } from "../../kernels/rows.ts";
 import { record } from "../autograd.ts";
+import { type Bindable, launch } from "../launch.ts";
 import { Tensor } from "../tensor.ts";
-import { launch1d, launchRows, memo } from "./_launch.ts";
 import { logSumExp, mapRows, type NDArray } from "./_reference.ts";
-import { mul, sub } from "./elementwise.ts";
+import { exp, mul, sub } from "./elementwise.ts";
 import { sum } from "./reduce.ts";
-import { exp } from "./elementwise.ts";
-
-const softmaxSource = memo(softmaxKernel);
-const shortSoftmaxSource = memo(shortSoftmaxKernel);
 
 /** Launches a row kernel: one invocation per row when rows are short, else one workgroup per row. */
 function launchRowOp(
-  long: string,
-  short: string,
-  tensors: Tensor[],
+  epilogue: RowEpilogue,
+  buffers: Record<string, Bindable>,
   rows: number,
   v: number,
-  label: string,
 ): void {
-  if (v <= SHORT_ROW) launch1d(short, tensors, [rows, v], rows, label);
-  else launchRows(long, tensors, [rows, v], rows, label);
+  launch(rowKernel(epilogue, v <= SHORT_ROW ? "short" : "long"), buffers, { rows, v }, rows);
 }
 
 function rowsOf(x: Tensor, op: string): [number, number] {
@@ -50,7 +39,7 @@ function rowsOf(x: Tensor, op: string): [number, number] {
 export function softmax(x: Tensor): Tensor {
   const [rows, v] = rowsOf(x, "softmax");
   const y = Tensor.empty(x.shape);
-  launchRowOp(softmaxSource(false), shortSoftmaxSource(false), [x, y], rows, v, "softmax");
+  launchRowOp("softmax", { z: x, out: y }, rows, v);
   return record(y, {
     op: "softmax",
     inputs: [x],
@@ -63,7 +52,7 @@ export function softmax(x: Tensor): Tensor {
 export function logSoftmax(x: Tensor): Tensor {
   const [rows, v] = rowsOf(x, "logSoftmax");
   const y = Tensor.empty(x.shape);
-  launchRowOp(softmaxSource(true), shortSoftmaxSource(true), [x, y], rows, v, "log_softmax");
+  launchRowOp("logSoftmax", { z: x, out: y }, rows, v);
   return record(y, {
     op: "logSoftmax",
     inputs: [x],
@@ -80,14 +69,7 @@ export function entropy(logits: Tensor): Tensor {
   const [rows, v] = rowsOf(logits, "entropy");
   const h = Tensor.empty(logits.shape.slice(0, -1));
   const lse = Tensor.empty([rows]);
-  launchRowOp(
-    entropyForwardKernel,
-    shortEntropyForwardKernel,
-    [logits, h, lse],
-    rows,
-    v,
-    "entropy",
-  );
+  launchRowOp("entropy", { z: logits, h, lse_out: lse }, rows, v);
   return record(h, {
     op: "entropy",
     inputs: [logits],
@@ -95,7 +77,7 @@ export function entropy(logits: Tensor): Tensor {
     // dH/dz = -p * (log p + H)
     backward: (g) => {
       const dz = Tensor.empty(logits.shape);
-      launch1d(entropyBackwardKernel, [logits, h, lse, g, dz], [rows, v], rows * v, "entropy_bwd");
+      launch(entropyBackwardKernel, { z: logits, h, lse, gh: g, dz }, { rows, v }, rows * v);
       return [dz];
     },
   });
@@ -111,14 +93,7 @@ export function tokenLogProb(logits: Tensor, ids: Tensor): Tensor {
   }
   const out = Tensor.empty(logits.shape.slice(0, -1));
   const lse = Tensor.empty([rows]);
-  launchRowOp(
-    tokenLogProbForwardKernel,
-    shortTokenLogProbForwardKernel,
-    [logits, ids, out, lse],
-    rows,
-    v,
-    "token_logprob",
-  );
+  launchRowOp("tokenLogProb", { z: logits, ids, out, lse_out: lse }, rows, v);
   return record(out, {
     op: "tokenLogProb",
     inputs: [logits],
@@ -127,13 +102,7 @@ export function tokenLogProb(logits: Tensor, ids: Tensor): Tensor {
     // d/dz = g * (onehot(id) - p)
     backward: (g) => {
       const dz = Tensor.empty(logits.shape);
-      launch1d(
-        tokenLogProbBackwardKernel,
-        [logits, ids, lse, g, dz],
-        [rows, v],
-        rows * v,
-        "token_logprob_bwd",
-      );
+      launch(tokenLogProbBackwardKernel, { z: logits, ids, lse, g, dz }, { rows, v }, rows * v);
       return [dz];
     },
   });
