@@ -49,28 +49,46 @@ export { AdamW, type AdamWOptions, clipGradNorm } from "./engine/optim.ts";
 export { Rng } from "./engine/random.ts";
 export * from "./engine/safetensors.ts";
 export {
+  type CausalLM,
   ConfigError,
-  parseQwenConfig,
-  type QwenConfig,
-  readQwenConfig,
-} from "./engine/model/config.ts";
-export {
-  expectedParameters,
+  type DecoderConfig,
+  DecoderLM,
+  decoderParameters,
   type ForwardOptions,
+  type GenerationDefaults,
   KVCache,
-  loadModel,
-  type LoadOptions,
+  type LayerNames,
   type Parameter,
   parameterBytes,
   positionsFromMask,
-  QwenModel,
   randomModel,
+  type TensorNames,
+} from "./engine/model/decoder.ts";
+/** The type of a loaded Qwen model: the generic decoder's interface. */
+export type { CausalLM as QwenModel } from "./engine/model/decoder.ts";
+export { parseQwenConfig, QWEN_NAMES, type QwenConfig } from "./engine/model/qwen.ts";
+export {
+  loadModel,
+  type LoadOptions,
+  parseConfig,
+  readConfig,
   saveModel,
-} from "./engine/model/qwen.ts";
+} from "./engine/model/checkpoint.ts";
 export { type ChatMessage, loadTokenizer, QwenTokenizer } from "./engine/model/tokenizer.ts";
-export { applyRope, attention, attentionBias, linear, rmsNorm, ropeTables } from "./engine/nn.ts";
-export { generate, type GenerateOptions, type GenerateResult, leftPad } from "./infer/generate.ts";
-export { sampleReference, sampleTokens, type SamplingOptions } from "./infer/sampling.ts";
+export { attention, attentionBias, linear, rmsNorm, ropeTables } from "./engine/nn.ts";
+export {
+  generate,
+  type GenerateOptions,
+  type GenerateResult,
+  leftPad,
+  NonFiniteLogitsError,
+} from "./infer/generate.ts";
+export {
+  type NonFiniteReport,
+  sampleReference,
+  sampleTokens,
+  type SamplingOptions,
+} from "./infer/sampling.ts";
 export { type Reduce, responseMask, tokenEntropyLoss } from "./train/em_ft.ts";
 export { crossEntropyLoss } from "./train/sft.ts";
 export {

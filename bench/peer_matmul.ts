@@ -7,8 +7,11 @@
  * Each measurement queues `reps` products and reads the last one back, for
  * both engines, so each pays the same single readback.
  */
-// peer-only packages: inline specifiers keep them out of the main job's dependencies
+// Peer-only packages: inline specifiers keep them out of the main job's dependency set (the
+// import map and the lockfile), so `deno task train` on a fresh clone never downloads them.
+// deno-lint-ignore no-import-prefix
 import * as tf from "npm:@tensorflow/tfjs-core@4.22.0";
+// deno-lint-ignore no-import-prefix
 import "npm:@tensorflow/tfjs-backend-webgpu@4.22.0";
 import { initDevice } from "../engine/device.ts";
 import { matmul } from "../engine/ops/matmul.ts";

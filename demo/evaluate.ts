@@ -4,7 +4,7 @@
  * model's next-token distributions along the greedy answers.
  * @module
  */
-import type { QwenModel } from "../engine/model/qwen.ts";
+import type { CausalLM } from "../engine/model/decoder.ts";
 import { generate, type GenerateOptions } from "../infer/generate.ts";
 import { decodeDemo, DEMO_EOS, DEMO_MAX_NEW_TOKENS, encodeDemo, type Problem } from "./task.ts";
 
@@ -16,7 +16,7 @@ export interface DemoScores {
 
 /** Accuracy of one decoding setting; with entropies, their mean over generated tokens. */
 export async function accuracy(
-  model: QwenModel,
+  model: CausalLM,
   problems: Problem[],
   options: GenerateOptions,
   batch = 500,
@@ -43,7 +43,7 @@ export async function accuracy(
 
 /** Greedy accuracy, sampled (T=1) accuracy and mean greedy-path entropy. */
 export async function evaluateDemo(
-  model: QwenModel,
+  model: CausalLM,
   problems: Problem[],
   seed = 0,
 ): Promise<DemoScores> {

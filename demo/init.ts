@@ -9,8 +9,9 @@
  */
 import { parseArgs } from "@std/cli";
 import { initDevice } from "../engine/device.ts";
-import { parseQwenConfig } from "../engine/model/config.ts";
-import { randomModel, saveModel } from "../engine/model/qwen.ts";
+import { parseQwenConfig } from "../engine/model/qwen.ts";
+import { randomModel } from "../engine/model/decoder.ts";
+import { saveModel } from "../engine/model/checkpoint.ts";
 import { atomicWrite } from "../engine/safetensors.ts";
 import { DEMO_CHARS, DEMO_EOS, demoConfig } from "./task.ts";
 

@@ -4,7 +4,7 @@
  * mask. Fused kernels can replace them once a measurement asks for it.
  * @module
  */
-import { add, broadcastTo, matmul, mulScalar, reshape, rope, softmax } from "./ops/mod.ts";
+import { add, broadcastTo, matmul, mulScalar, reshape, softmax } from "./ops/mod.ts";
 import { Tensor } from "./tensor.ts";
 
 /** y = x·Wᵀ + b for W (out, in) as Hugging Face stores it. x (..., in) -> (..., out). */
@@ -47,11 +47,6 @@ export function ropeTables(
     cos: Tensor.from(cos, [batch, 1, seq, headDim]),
     sin: Tensor.from(sin, [batch, 1, seq, headDim]),
   };
-}
-
-/** x*cos + rotate_half(x)*sin with rotate_half(x) = [-x2, x1]. x (B, H, T, D) (fused: ops/norm.ts). */
-export function applyRope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
-  return rope(x, cos, sin);
 }
 
 /** A large negative bias for masked scores: finite, so a fully masked row stays uniform, never NaN. */

@@ -6,7 +6,7 @@
  */
 import { is, numberFlag, parseArgs } from "@std/cli";
 import { initDeviceOrExplain } from "../engine/device.ts";
-import { loadModel } from "../engine/model/qwen.ts";
+import { loadModel } from "../engine/model/checkpoint.ts";
 import { generate, NonFiniteLogitsError } from "./generate.ts";
 import { EM_INF_DEFAULTS, emInfProcessor } from "./em_inf.ts";
 import type { Tensor } from "../engine/tensor.ts";

@@ -4,7 +4,7 @@
  * report accuracy with its cost (time, tokens) side by side.
  * @module
  */
-import type { QwenModel } from "../engine/model/qwen.ts";
+import type { CausalLM } from "../engine/model/decoder.ts";
 import { type AnswerFormat, answersMatch, extractAnswer } from "./answer.ts";
 import {
   type AdaptiveTemperatureOptions,
@@ -61,7 +61,7 @@ export interface MethodSummary {
 
 /** Prompt token ids of a problem. */
 export function promptIds(
-  model: QwenModel,
+  model: CausalLM,
   problem: string,
   chat: boolean,
   format: AnswerFormat,
@@ -77,7 +77,7 @@ export function promptIds(
 
 /** Runs every method over the problems. */
 export async function evaluate(
-  model: QwenModel,
+  model: CausalLM,
   problems: EvalProblem[],
   o: EvalOptions,
 ): Promise<MethodSummary[]> {

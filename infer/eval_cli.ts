@@ -5,7 +5,8 @@
  */
 import { is, numberFlag, parseArgs } from "@std/cli";
 import { initDeviceOrExplain } from "../engine/device.ts";
-import { loadModel } from "../engine/model/qwen.ts";
+import { readJsonlRecords } from "../engine/jsonl.ts";
+import { loadModel } from "../engine/model/checkpoint.ts";
 import { DEMO_HELD_OUT, DEMO_MAX_NEW_TOKENS, DEMO_MODEL, heldOutProblems } from "../demo/task.ts";
 import type { AnswerFormat } from "./answer.ts";
 import { EM_INF_DEFAULTS } from "./em_inf.ts";
@@ -35,31 +36,17 @@ With no --model and no --data: the demo model on ${DEMO_HELD_OUT} held-out arith
   --help`;
 
 export async function readProblems(path: string): Promise<EvalProblem[]> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    throw new Error(`${path}: cannot read (${(e as Error).message})`);
-  }
-  const out: EvalProblem[] = [];
-  text.split("\n").forEach((line, i) => {
-    if (!line.trim()) return;
-    let o: Record<string, unknown>;
-    try {
-      o = JSON.parse(line);
-    } catch (e) {
-      throw new Error(`${path}:${i + 1}: not valid JSON (${(e as Error).message})`);
-    }
-    if (typeof o?.problem !== "string") {
-      throw new Error(`${path}:${i + 1}: "problem" must be a string`);
-    }
+  const records = await readJsonlRecords(path, (o) => {
+    if (typeof o.problem !== "string") return `"problem" must be a string`;
     if (typeof o.answer !== "string" && typeof o.answer !== "number") {
-      throw new Error(`${path}:${i + 1}: "answer" must be a string or number`);
+      return `"answer" must be a string or number`;
     }
-    out.push({ problem: o.problem, answer: String(o.answer) });
+    return null;
   });
-  if (!out.length) throw new Error(`${path}: no problems`);
-  return out;
+  return records.map(({ value: o }) => ({
+    problem: o.problem as string,
+    answer: String(o.answer),
+  }));
 }
 
 export async function main(args: string[]): Promise<number> {

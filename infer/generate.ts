@@ -4,7 +4,7 @@
  * and feeds the sampled ids straight back; only the new ids are read back.
  * @module
  */
-import type { QwenModel } from "../engine/model/qwen.ts";
+import type { CausalLM } from "../engine/model/decoder.ts";
 import { entropy, reshape, slice } from "../engine/ops/mod.ts";
 import { Rng } from "../engine/random.ts";
 import { keep, noGrad, tidy } from "../engine/scope.ts";
@@ -80,7 +80,7 @@ function throwIfUnusable(flags: ArrayLike<number>): void {
 
 /** Generates continuations of token-id prompts. */
 export async function generate(
-  model: QwenModel,
+  model: CausalLM,
   prompts: number[][],
   options: GenerateOptions = {},
 ): Promise<GenerateResult> {

@@ -3,7 +3,7 @@
  * file, tensor, step or row) or a recoverable state, never a wrong answer.
  */
 import { recoverDirectory } from "../engine/atomic.ts";
-import { loadModel, saveModel } from "../engine/model/qwen.ts";
+import { loadModel, saveModel } from "../engine/model/checkpoint.ts";
 import { loadTokenizer } from "../engine/model/tokenizer.ts";
 import { embedding, nonFiniteCounts, nonFiniteCountsReference } from "../engine/ops/mod.ts";
 import {
@@ -185,7 +185,7 @@ Deno.test({
     await Deno.writeTextFile(
       script,
       `import { loadModel, saveModel } from "${new URL(
-        "../engine/model/qwen.ts",
+        "../engine/model/checkpoint.ts",
         import.meta.url,
       )}";
 const m = await loadModel("${HF}qwen3-tiny");

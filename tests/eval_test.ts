@@ -1,4 +1,4 @@
-import { loadModel } from "../engine/model/qwen.ts";
+import { loadModel } from "../engine/model/checkpoint.ts";
 import { Rng } from "../engine/random.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { adaptiveTemperature, adaptiveTemperatureReference } from "../infer/baselines.ts";

@@ -1,4 +1,4 @@
-import { loadModel } from "../engine/model/qwen.ts";
+import { loadModel } from "../engine/model/checkpoint.ts";
 import { readSafetensors, toInt32 } from "../engine/safetensors.ts";
 import { noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";

@@ -1,5 +1,6 @@
 /** Parity with Hugging Face transformers on the fixtures (tests/fixtures/PROVENANCE.md). */
-import { loadModel, type QwenModel, saveModel } from "../engine/model/qwen.ts";
+import { loadModel, saveModel } from "../engine/model/checkpoint.ts";
+import type { CausalLM } from "../engine/model/decoder.ts";
 import { type RawTensor, readSafetensors, toFloat32, toInt32 } from "../engine/safetensors.ts";
 import { noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
@@ -39,7 +40,7 @@ async function batchOf(file: string): Promise<Batch> {
   };
 }
 
-function logitsOf(model: QwenModel, b: Batch): Tensor {
+function logitsOf(model: CausalLM, b: Batch): Tensor {
   return tidy(() =>
     model.forward(Tensor.from(b.ids, b.shape, { dtype: "i32" }), {
       attentionMask: b.mask,

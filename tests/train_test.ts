@@ -1,5 +1,6 @@
 /** The trainer: its loss path against transformers, runs that learn, resume, divergence, checkpoints. */
-import { loadModel, type QwenModel } from "../engine/model/qwen.ts";
+import { loadModel } from "../engine/model/checkpoint.ts";
+import type { CausalLM } from "../engine/model/decoder.ts";
 import { readSafetensors, toFloat32, toInt32 } from "../engine/safetensors.ts";
 import { noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
@@ -72,7 +73,7 @@ const quick: Partial<TrainOptions> = {
   seed: 7,
 };
 
-async function weights(model: QwenModel): Promise<number[]> {
+async function weights(model: CausalLM): Promise<number[]> {
   const out: number[] = [];
   for (const t of model.tensors()) out.push(...await t.toArray());
   return out;

@@ -8,7 +8,8 @@
 import { is, numberFlag, parseArgs, type ParsedArgs } from "@std/cli";
 import { recoverDirectory } from "../engine/atomic.ts";
 import { initDeviceOrExplain } from "../engine/device.ts";
-import { loadModel, type QwenModel } from "../engine/model/qwen.ts";
+import { loadModel } from "../engine/model/checkpoint.ts";
+import type { CausalLM } from "../engine/model/decoder.ts";
 import { DEMO_HELD_OUT, DEMO_MAX_NEW_TOKENS, DEMO_MODEL, heldOutProblems } from "../demo/task.ts";
 import { accuracy, type DemoScores, evaluateDemo } from "../demo/evaluate.ts";
 import {
@@ -268,7 +269,7 @@ export async function main(args: string[]): Promise<number> {
   console.log(`device: ${dev.info.description}`);
   const useDemoTask = flags.data === undefined;
   const checkpointDir = `${options.outDir}/checkpoint`;
-  let model: QwenModel;
+  let model: CausalLM;
   let source: ExampleSource;
   try {
     if (flags.resume) {

@@ -4,6 +4,7 @@
  * with checkpoints so that a resumed run sees the same prompts.
  * @module
  */
+import { readJsonlRecords } from "../engine/jsonl.ts";
 import { Rng } from "../engine/random.ts";
 import type { QwenTokenizer } from "../engine/model/tokenizer.ts";
 import { DEMO_HELD_OUT, heldOutProblems, ProblemStream } from "../demo/task.ts";
@@ -30,39 +31,19 @@ export async function readJsonl(
   path: string,
   options: { requireAnswer?: boolean } = {},
 ): Promise<Example[]> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    throw new Error(`${path}: cannot read (${(e as Error).message})`);
-  }
-  const out: Example[] = [];
-  text.split("\n").forEach((line, i) => {
-    if (!line.trim()) return;
-    let v: unknown;
-    try {
-      v = JSON.parse(line);
-    } catch (e) {
-      throw new Error(`${path}:${i + 1}: not valid JSON (${(e as Error).message})`);
-    }
-    const o = v as Record<string, unknown>;
-    if (!o || typeof o !== "object" || typeof o.prompt !== "string" || !o.prompt) {
-      throw new Error(`${path}:${i + 1}: "prompt" must be a non-empty string`);
-    }
+  const records = await readJsonlRecords(path, (o) => {
+    if (typeof o.prompt !== "string" || !o.prompt) return `"prompt" must be a non-empty string`;
     if (o.answer !== undefined && typeof o.answer !== "string" && typeof o.answer !== "number") {
-      throw new Error(`${path}:${i + 1}: "answer" must be a string or number`);
+      return `"answer" must be a string or number`;
     }
-    if (options.requireAnswer && o.answer === undefined) {
-      throw new Error(`${path}:${i + 1}: "answer" is required for SFT`);
-    }
-    out.push({
-      prompt: o.prompt,
-      answer: o.answer === undefined ? undefined : String(o.answer),
-      origin: `${path}:${i + 1}`,
-    });
+    if (options.requireAnswer && o.answer === undefined) return `"answer" is required for SFT`;
+    return null;
   });
-  if (out.length === 0) throw new Error(`${path}: no examples`);
-  return out;
+  return records.map(({ value: o, origin }) => ({
+    prompt: o.prompt as string,
+    answer: o.answer === undefined ? undefined : String(o.answer),
+    origin,
+  }));
 }
 
 /** Cycles through examples in a seeded shuffled order, reshuffling every epoch. */

@@ -8,7 +8,8 @@
  * @module
  */
 import { atomicWrite, recoverDirectory } from "../engine/atomic.ts";
-import { type QwenModel, saveModel } from "../engine/model/qwen.ts";
+import type { CausalLM } from "../engine/model/decoder.ts";
+import { saveModel } from "../engine/model/checkpoint.ts";
 import { concat, entropy, mulScalar, neg, sum, tokenLogProb } from "../engine/ops/mod.ts";
 import { AdamW, clipGradNorm } from "../engine/optim.ts";
 import { Rng } from "../engine/random.ts";
@@ -20,7 +21,7 @@ import {
 } from "../engine/safetensors.ts";
 import { keep, noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
-import { generate, NonFiniteLogitsError } from "../infer/generate.ts";
+import { generate, leftPad, NonFiniteLogitsError } from "../infer/generate.ts";
 import { checkExampleFits, encodePrompt, type Example, type ExampleSource } from "./data.ts";
 import { type Reduce, responseMask } from "./em_ft.ts";
 
@@ -91,9 +92,9 @@ export interface StepMetrics {
 export interface TrainHooks {
   log?: (line: string) => void;
   /** Evaluation at step 0, every evalEvery steps and at the end; `score` (higher is better) picks the best checkpoint. */
-  evaluate?: (model: QwenModel, step: number) => Promise<Record<string, number>>;
+  evaluate?: (model: CausalLM, step: number) => Promise<Record<string, number>>;
   /** Called before each step (tests inject faults here). */
-  beforeStep?: (step: number, model: QwenModel) => void | Promise<void>;
+  beforeStep?: (step: number, model: CausalLM) => void | Promise<void>;
 }
 
 /** Thrown when the loss or gradient stops being finite; the last good checkpoint is kept. */
@@ -132,18 +133,21 @@ export interface Batch {
   promptLength: number;
 }
 
-/** Left-padded prompts followed by right-padded responses. */
+/** Left-padded prompts (as generate pads them) followed by right-padded responses. */
 export function packSequences(prompts: number[][], responses: number[][], pad: number): Batch {
-  const P = Math.max(...prompts.map((p) => p.length));
+  const left = leftPad(prompts, pad); // (B, P)
+  const P = left.length;
   const R = Math.max(1, ...responses.map((r) => r.length));
   const ids: number[] = [];
   const mask: number[] = [];
-  prompts.forEach((p, i) => {
+  prompts.forEach((_, i) => {
     const r = responses[i];
-    for (let j = 0; j < P - p.length; j++) ids.push(pad), mask.push(0);
-    for (const t of p) ids.push(t), mask.push(1);
-    for (const t of r) ids.push(t), mask.push(1);
-    for (let j = r.length; j < R; j++) ids.push(pad), mask.push(0);
+    ids.push(...left.ids.slice(i * P, (i + 1) * P), ...r, ...new Array(R - r.length).fill(pad));
+    mask.push(
+      ...left.mask.slice(i * P, (i + 1) * P),
+      ...r.map(() => 1),
+      ...new Array(R - r.length).fill(0),
+    );
   });
   return { ids, mask, rows: prompts.length, length: P + R, promptLength: P };
 }
@@ -155,7 +159,7 @@ export function packSequences(prompts: number[][], responses: number[][], pad: n
  * and the sum of response-position entropies (GPU scalars) and their count.
  */
 export function accumulateGradients(
-  model: QwenModel,
+  model: CausalLM,
   batch: Batch,
   method: Method,
   reduce: Reduce,
@@ -213,7 +217,7 @@ const BEST = "best";
 
 /** Trains `model` in place. With `resumeFrom`, optimizer and trainer state are restored from that checkpoint. */
 export async function train(
-  model: QwenModel,
+  model: CausalLM,
   source: ExampleSource,
   options: Partial<TrainOptions>,
   hooks: TrainHooks = {},
@@ -402,7 +406,7 @@ export async function train(
 
 /** The step's sequences: prompts with sampled responses (EM-FT) or with their answers (SFT). */
 async function buildBatch(
-  model: QwenModel,
+  model: CausalLM,
   examples: Example[],
   o: TrainOptions,
   rng: Rng,

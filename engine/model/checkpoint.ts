@@ -1,0 +1,358 @@
+/**
+ * Hugging Face checkpoint directories: loading (config.json through its
+ * family, model.safetensors or shards, dtype kept or upcast, weights past the
+ * binding limit split into row chunks, checks for NaN/Inf and unused
+ * tensors, tokenizer and generation_config.json precedence) and saving
+ * (atomic, never over the source).
+ * @module
+ */
+import { recoverDirectory, replaceDirectory, tempDirectoryBeside } from "../atomic.ts";
+import { device, initDevice } from "../device.ts";
+import { cast, nonFiniteCounts } from "../ops/mod.ts";
+import {
+  atomicWrite,
+  Checkpoint,
+  type RawTensor,
+  tensorFromRaw,
+  tensorToRaw,
+  writeSafetensors,
+} from "../safetensors.ts";
+import { keep } from "../scope.ts";
+import { numel, type Tensor } from "../tensor.ts";
+import {
+  type CausalLM,
+  ConfigError,
+  type DecoderConfig,
+  DecoderLM,
+  decoderParameters,
+  type GenerationDefaults,
+  type Parameter,
+  tokenIdList,
+} from "./decoder.ts";
+import { isQwenConfig, parseQwenConfig } from "./qwen.ts";
+import { loadTokenizer, type QwenTokenizer } from "./tokenizer.ts";
+
+/** Every family the loader knows: how to recognise its config.json and parse it. */
+const FAMILIES: {
+  matches: (raw: Record<string, unknown>) => boolean;
+  parse: (raw: Record<string, unknown>, path: string) => DecoderConfig;
+}[] = [{ matches: isQwenConfig, parse: parseQwenConfig }];
+
+/** Parses a config.json object with the family it belongs to; `path` names it in errors. */
+export function parseConfig(raw: Record<string, unknown>, path = "config.json"): DecoderConfig {
+  const family = FAMILIES.find((f) => f.matches(raw)) ?? FAMILIES[0]; // its parser names the field
+  return family.parse(raw, path);
+}
+
+/** Reads and parses `dir/config.json`. */
+export async function readConfig(dir: string): Promise<DecoderConfig> {
+  const path = `${dir}/config.json`;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    throw new ConfigError(path, `cannot read (${(e as Error).message})`);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(path, `is not valid JSON (${(e as Error).message})`);
+  }
+  if (!raw || typeof raw !== "object" || Array.isArray(raw)) {
+    throw new ConfigError(path, "is not a JSON object");
+  }
+  return parseConfig(raw as Record<string, unknown>, path);
+}
+
+/** Options of loadModel. */
+export interface LoadOptions {
+  /** "f32" upcasts every weight (for training); "stored" keeps bf16/f16 as stored (default). */
+  dtype?: "f32" | "stored";
+  /** Parameters require grad (implies dtype "f32"). */
+  trainable?: boolean;
+  /** Largest chunk of a 2-D weight in bytes (default: the adapter's maxStorageBufferBindingSize). */
+  chunkBytes?: number;
+  /** Refuse weights holding NaN or Inf, naming the first such tensor (default true; one GPU pass). */
+  checkFinite?: boolean;
+  /** Where warnings go, e.g. checkpoint tensors the config does not use (default console.warn). */
+  warn?: (message: string) => void;
+}
+
+/** Rows per chunk so that one chunk fits a storage binding (or `limit` bytes). */
+function rowsPerChunk(
+  rows: number,
+  cols: number,
+  bytesPerElement: number,
+  limitBytes?: number,
+): number {
+  const limit = Math.min(limitBytes ?? Infinity, device().info.maxStorageBufferBindingSize);
+  const per = Math.floor(limit / (cols * bytesPerElement));
+  return Math.min(rows, Math.max(1, per));
+}
+
+/** Uploads a raw 2-D tensor as row chunks that each fit a binding. */
+function uploadChunks(raw: RawTensor, name: string, toF32: boolean, chunkBytes?: number): Tensor[] {
+  const [rows, cols] = raw.shape.length === 2 ? raw.shape : [1, numel(raw.shape)];
+  const elem = raw.data.byteLength / Math.max(1, numel(raw.shape));
+  const finalBytes = toF32 ? 4 : elem;
+  const per = raw.shape.length === 2
+    ? rowsPerChunk(rows, cols, Math.max(elem, finalBytes), chunkBytes)
+    : rows;
+  const chunks: Tensor[] = [];
+  for (let r = 0; r < rows; r += per) {
+    const n = Math.min(per, rows - r);
+    const part: RawTensor = {
+      dtype: raw.dtype,
+      shape: raw.shape.length === 2 ? [n, cols] : raw.shape,
+      data: raw.data.subarray(r * cols * elem, (r + n) * cols * elem),
+    };
+    let t = tensorFromRaw(part, name);
+    if (toF32 && t.dtype !== "f32") {
+      const f = cast(t, "f32");
+      t.dispose();
+      t = f;
+    }
+    chunks.push(keep(t));
+  }
+  return chunks;
+}
+
+/** Reads the optional JSON file `dir/name`, or null when absent. */
+async function readJsonIfPresent(
+  dir: string,
+  name: string,
+): Promise<Record<string, unknown> | null> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(`${dir}/${name}`);
+  } catch {
+    return null;
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${dir}/${name}: is not valid JSON (${(e as Error).message})`);
+  }
+}
+
+/**
+ * Loads a Hugging Face Qwen2/Qwen2.5/Qwen3 checkpoint directory: config.json,
+ * model.safetensors (or shards), and when present tokenizer.json,
+ * tokenizer_config.json and generation_config.json.
+ */
+export async function loadModel(dir: string, options: LoadOptions = {}): Promise<CausalLM> {
+  await initDevice();
+  // a save interrupted between its renames leaves the directory recoverable
+  if (!await exists(dir)) await recoverDirectory(dir);
+  const config = await readConfig(dir);
+  const toF32 = options.trainable || options.dtype === "f32";
+  const ckpt = await Checkpoint.open(dir);
+  const parameters: Parameter[] = [];
+  try {
+    for (const [name, shape] of decoderParameters(config)) {
+      const entry = ckpt.entry(name);
+      if (!entry) {
+        throw new Error(`${dir}: checkpoint has no tensor "${name}" (needed by config.json)`);
+      }
+      if (entry.shape.join() !== shape.join()) {
+        throw new Error(
+          `${
+            ckpt.fileOf(name)
+          }: tensor "${name}" has shape [${entry.shape}], config.json implies [${shape}]`,
+        );
+      }
+      if (!["F32", "BF16", "F16"].includes(entry.dtype)) {
+        throw new Error(
+          `${ckpt.fileOf(name)}: tensor "${name}" is ${entry.dtype}; expected F32, BF16 or F16`,
+        );
+      }
+      const raw = await ckpt.read(name);
+      // vectors (norms, biases) are small: always f32
+      const chunks = uploadChunks(raw, name, toF32 || shape.length === 1, options.chunkBytes);
+      if (options.trainable) chunks.forEach((t) => t.requiresGrad = true);
+      parameters.push({ name, shape, chunks });
+    }
+    checkUnused(dir, config, ckpt.names, options.warn ?? console.warn);
+    if (options.checkFinite !== false) await checkFinite(parameters, ckpt);
+  } catch (e) {
+    parameters.forEach((p) => p.chunks.forEach((t) => t.dispose()));
+    throw e;
+  } finally {
+    ckpt.close();
+  }
+  const gen = await readJsonIfPresent(dir, "generation_config.json");
+  let tokenizer: QwenTokenizer | null = null;
+  try {
+    await Deno.stat(`${dir}/tokenizer.json`);
+    tokenizer = await loadTokenizer(dir);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  const eos = [
+    ...new Set([
+      ...tokenIdList(gen?.eos_token_id),
+      ...config.eosTokenIds,
+      ...(gen || config.eosTokenIds.length ? [] : tokenizer?.eosTokenIds ?? []),
+    ]),
+  ];
+  const generation: GenerationDefaults = {
+    eosTokenIds: eos.length ? eos : tokenizer?.eosTokenIds ?? [],
+    padTokenId: (gen?.pad_token_id as number | undefined) ?? config.padTokenId ??
+      tokenizer?.padTokenId ?? null,
+    temperature: gen?.temperature as number | undefined,
+    topP: gen?.top_p as number | undefined,
+    topK: gen?.top_k as number | undefined,
+  };
+  return new DecoderLM(config, parameters, {
+    tokenizer,
+    generation,
+    sourceDir: await Deno.realPath(dir),
+  });
+}
+
+/**
+ * Checkpoint tensors the config does not use: an error for layer tensors (a
+ * config with fewer layers, or without a feature the weights have, would run
+ * a different model), a warning for others, as transformers reports "weights
+ * not used". RoPE inv_freq buffers of old checkpoints are ignored, as there.
+ */
+function checkUnused(
+  dir: string,
+  config: DecoderConfig,
+  names: string[],
+  warn: (message: string) => void,
+): void {
+  const used = new Set(decoderParameters(config).map(([n]) => n));
+  if (config.tieWordEmbeddings) used.add(config.names.lmHead); // tied: the same tensor
+  const unused = names.filter((n) => !used.has(n) && !n.endsWith("rotary_emb.inv_freq"));
+  const layer = unused.find((n) => config.names.layerOf(n) !== null);
+  if (layer) {
+    const i = config.names.layerOf(layer)!;
+    throw new Error(
+      i >= config.numLayers
+        ? `${dir}: the checkpoint has tensors of layer ${i} ("${layer}") but config.json says num_hidden_layers ${config.numLayers}; fix config.json or the checkpoint`
+        : `${dir}: the checkpoint has tensor "${layer}", which config.json (${config.architecture}) does not use; the config does not match the weights`,
+    );
+  }
+  if (unused.length) {
+    warn(`${dir}: weights not used by ${config.architecture}: ${unused.join(", ")}`);
+  }
+}
+
+/** Throws naming the first parameter (in checkpoint order) that holds NaN or Inf. */
+async function checkFinite(parameters: Parameter[], ckpt: Checkpoint): Promise<void> {
+  const counts = await nonFiniteCounts(parameters.flatMap((p) => p.chunks));
+  let at = 0;
+  for (const p of parameters) {
+    const n = counts.slice(at, at += p.chunks.length).reduce((a, b) => a + b, 0);
+    if (n > 0) {
+      throw new Error(
+        `${ckpt.fileOf(p.name)}: tensor "${p.name}" holds ${n} NaN/Inf value${
+          n === 1 ? "" : "s"
+        }: the checkpoint is corrupt or overflowed when converted. ` +
+          "Load it anyway with checkFinite: false (CLI: --no-weight-check)",
+      );
+    }
+  }
+}
+
+const TOKENIZER_FILES = [
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "generation_config.json",
+  "vocab.json",
+  "merges.txt",
+  "special_tokens_map.json",
+  "added_tokens.json",
+];
+
+/**
+ * Writes the model as a Hugging Face directory (config.json, model.safetensors,
+ * tokenizer files copied from the source). Written to a temporary directory,
+ * then renamed into place; never over the directory the model was loaded from.
+ */
+export async function saveModel(
+  model: CausalLM,
+  outDir: string,
+  options: {
+    metadata?: Record<string, string>;
+    copyFrom?: string | null;
+    /** Writes more files into the new directory before it is swapped in (e.g. optimizer state). */
+    extra?: (tmpDir: string) => Promise<void>;
+    /** Allow replacing the directory the model was loaded from (a trainer's own checkpoint on resume). */
+    replaceSource?: boolean;
+    /** Runs while neither the old nor the new directory is at `outDir` (tests crash here). */
+    afterRetiringOld?: () => Promise<void>;
+  } = {},
+): Promise<void> {
+  const source = options.copyFrom ?? model.sourceDir;
+  await Deno.mkdir(parentOf(outDir), { recursive: true });
+  let resolvedOut: string | null = null;
+  try {
+    resolvedOut = await Deno.realPath(outDir);
+  } catch { /* does not exist yet */ }
+  if (resolvedOut && model.sourceDir && resolvedOut === model.sourceDir && !options.replaceSource) {
+    throw new Error(
+      `saveModel: ${outDir} is the checkpoint the model was loaded from; choose another directory`,
+    );
+  }
+  const tmp = await tempDirectoryBeside(outDir);
+  try {
+    const tensors = new Map<
+      string,
+      { dtype: RawTensor["dtype"]; shape: number[]; data: Uint8Array }
+    >();
+    let dtype: RawTensor["dtype"] = "F32";
+    for (const p of model.parameters) {
+      const parts = await Promise.all(p.chunks.map(tensorToRaw));
+      const bytes = new Uint8Array(parts.reduce((s, r) => s + r.data.byteLength, 0));
+      let at = 0;
+      for (const r of parts) {
+        bytes.set(r.data, at);
+        at += r.data.byteLength;
+      }
+      if (p.shape.length === 2) dtype = parts[0].dtype;
+      tensors.set(p.name, { dtype: parts[0].dtype, shape: p.shape, data: bytes });
+    }
+    await writeSafetensors(`${tmp}/model.safetensors`, tensors, {
+      format: "pt",
+      ...options.metadata,
+    });
+    const config = {
+      ...model.config.raw,
+      dtype: dtype === "BF16" ? "bfloat16" : dtype === "F16" ? "float16" : "float32",
+    };
+    await atomicWrite(`${tmp}/config.json`, async (f) => {
+      await f.write(new TextEncoder().encode(JSON.stringify(config, null, 2) + "\n"));
+    });
+    if (source) {
+      for (const name of TOKENIZER_FILES) {
+        try {
+          await Deno.copyFile(`${source}/${name}`, `${tmp}/${name}`);
+        } catch (e) {
+          if (!(e instanceof Deno.errors.NotFound)) throw e;
+        }
+      }
+    }
+    await options.extra?.(tmp);
+    await replaceDirectory(tmp, outDir, options.afterRetiringOld);
+  } catch (e) {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw e;
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function parentOf(path: string): string {
+  const i = path.replace(/\/+$/, "").lastIndexOf("/");
+  return i <= 0 ? (i === 0 ? "/" : ".") : path.slice(0, i);
+}

@@ -1,0 +1,496 @@
+/**
+ * The generic decoder-only transformer every supported family maps onto:
+ * GQA attention with optional q/k/v biases and q/k norms, RoPE, a gated SiLU
+ * MLP, tied or untied head; the KV cache; the CausalLM interface that
+ * generation, training and evaluation type against; random initialisation.
+ * Weights too large for one storage binding are row chunks.
+ * @module
+ */
+import { device } from "../device.ts";
+import { attention, attentionBias, linear, rmsNorm, ropeTables } from "../nn.ts";
+import {
+  add,
+  concat,
+  embedding,
+  fill,
+  matmul,
+  mul,
+  permute,
+  randomNormal,
+  reshape,
+  rope,
+  silu,
+  slice,
+  stridedCopy,
+} from "../ops/mod.ts";
+import { keep } from "../scope.ts";
+import { DTYPE_BYTES, Tensor } from "../tensor.ts";
+import type { QwenTokenizer } from "./tokenizer.ts";
+
+/** A config.json problem, naming the file and the field. */
+export class ConfigError extends Error {
+  constructor(path: string, message: string) {
+    super(`${path}: ${message}`);
+    this.name = "ConfigError";
+  }
+}
+
+/** Checkpoint names of one layer's tensors (absent features: null). */
+export interface LayerNames {
+  inputNorm: string;
+  postNorm: string;
+  q: string;
+  k: string;
+  v: string;
+  o: string;
+  qBias: string | null;
+  kBias: string | null;
+  vBias: string | null;
+  qNorm: string | null;
+  kNorm: string | null;
+  gate: string;
+  up: string;
+  down: string;
+}
+
+/** How a family names its checkpoint tensors. */
+export interface TensorNames {
+  embed: string;
+  finalNorm: string;
+  lmHead: string;
+  layer(i: number): LayerNames;
+  /** The layer a checkpoint tensor belongs to, or null for a non-layer tensor. */
+  layerOf(name: string): number | null;
+}
+
+/** The decoder's shape and features, filled in by a family from its config.json. */
+export interface DecoderConfig {
+  /** The architecture config.json names (e.g. Qwen2ForCausalLM). */
+  architecture: string;
+  vocabSize: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  ropeTheta: number;
+  rmsNormEps: number;
+  maxPositionEmbeddings: number;
+  tieWordEmbeddings: boolean;
+  /** q/k/v projections have biases. */
+  attentionBias: boolean;
+  /** Per-head RMSNorm of q and k before RoPE. */
+  qkNorm: boolean;
+  eosTokenIds: number[];
+  bosTokenId: number | null;
+  padTokenId: number | null;
+  /** The family's tensor names. */
+  names: TensorNames;
+  /** The parsed config.json, kept to write it back on save. */
+  raw: Record<string, unknown>;
+}
+
+/** A named parameter; tables too large for one binding are split into row chunks. */
+export interface Parameter {
+  name: string;
+  shape: number[];
+  chunks: Tensor[];
+}
+
+/** Options of CausalLM.forward. */
+export interface ForwardOptions {
+  /** (B, S) 1 for real tokens, 0 for padding; S = cached + new tokens. Default: all ones. */
+  attentionMask?: ArrayLike<number>;
+  /** (B, T) positions of the new tokens. Default: cumsum(mask) - 1, clamped at 0. */
+  positionIds?: ArrayLike<number>;
+  /** Keys and values of earlier tokens; the new ones are appended. */
+  cache?: KVCache;
+}
+
+/** Generation defaults read from generation_config.json. */
+export interface GenerationDefaults {
+  eosTokenIds: number[];
+  padTokenId: number | null;
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+}
+
+/** Token ids of a config field that holds one id, a list of ids, or nothing. */
+export function tokenIdList(v: unknown): number[] {
+  if (v === null || v === undefined) return [];
+  return (Array.isArray(v) ? v : [v]).filter(Number.isInteger) as number[];
+}
+
+/** Parameter names and shapes a config implies, in checkpoint order. */
+export function decoderParameters(c: DecoderConfig): [string, number[]][] {
+  const out: [string, number[]][] = [[c.names.embed, [c.vocabSize, c.hiddenSize]]];
+  const qDim = c.numHeads * c.headDim;
+  const kvDim = c.numKvHeads * c.headDim;
+  for (let i = 0; i < c.numLayers; i++) {
+    const n = c.names.layer(i);
+    out.push([n.inputNorm, [c.hiddenSize]]);
+    out.push([n.q, [qDim, c.hiddenSize]]);
+    out.push([n.k, [kvDim, c.hiddenSize]]);
+    out.push([n.v, [kvDim, c.hiddenSize]]);
+    if (c.attentionBias) {
+      out.push([n.qBias!, [qDim]]);
+      out.push([n.kBias!, [kvDim]]);
+      out.push([n.vBias!, [kvDim]]);
+    }
+    if (c.qkNorm) {
+      out.push([n.qNorm!, [c.headDim]]);
+      out.push([n.kNorm!, [c.headDim]]);
+    }
+    out.push([n.o, [c.hiddenSize, qDim]]);
+    out.push([n.postNorm, [c.hiddenSize]]);
+    out.push([n.gate, [c.intermediateSize, c.hiddenSize]]);
+    out.push([n.up, [c.intermediateSize, c.hiddenSize]]);
+    out.push([n.down, [c.hiddenSize, c.intermediateSize]]);
+  }
+  out.push([c.names.finalNorm, [c.hiddenSize]]);
+  if (!c.tieWordEmbeddings) out.push([c.names.lmHead, [c.vocabSize, c.hiddenSize]]);
+  return out;
+}
+
+/** Per-layer keys and values kept on the GPU for incremental decoding. */
+export class KVCache {
+  readonly batch: number;
+  readonly maxLength: number;
+  /** Tokens cached so far. */
+  length = 0;
+  readonly keys: Tensor[];
+  readonly values: Tensor[];
+  readonly #shape: number[];
+
+  constructor(config: DecoderConfig, batch: number, maxLength: number) {
+    this.batch = batch;
+    this.maxLength = maxLength;
+    this.#shape = [batch, config.numKvHeads, maxLength, config.headDim];
+    this.keys = Array.from({ length: config.numLayers }, () => keep(Tensor.empty(this.#shape)));
+    this.values = Array.from({ length: config.numLayers }, () => keep(Tensor.empty(this.#shape)));
+  }
+
+  /** Writes k, v (B, Hkv, T, D) at the current length; returns all cached (B, Hkv, length+T, D). */
+  append(layer: number, k: Tensor, v: Tensor): [Tensor, Tensor] {
+    const [B, Hkv, T, D] = k.shape;
+    const S = this.length + T;
+    if (S > this.maxLength) throw new Error(`KVCache: ${S} tokens exceed its ${this.maxLength}`);
+    const strides = [Hkv * this.maxLength * D, this.maxLength * D, D, 1];
+    const src = [Hkv * T * D, T * D, D, 1];
+    stridedCopy(k, 0, src, this.keys[layer], this.length * D, strides, [B, Hkv, T, D]);
+    stridedCopy(v, 0, src, this.values[layer], this.length * D, strides, [B, Hkv, T, D]);
+    return [slice(this.keys[layer], 2, 0, S), slice(this.values[layer], 2, 0, S)];
+  }
+
+  dispose(): void {
+    [...this.keys, ...this.values].forEach((t) => t.dispose());
+  }
+}
+
+/** A weight (out, in) as row chunks (output features) that each fit a binding. */
+type Chunked = Tensor[];
+
+interface Layer {
+  inputNorm: Tensor;
+  postNorm: Tensor;
+  q: Chunked;
+  k: Chunked;
+  v: Chunked;
+  o: Chunked;
+  qBias: Tensor | null;
+  kBias: Tensor | null;
+  vBias: Tensor | null;
+  qNorm: Tensor | null;
+  kNorm: Tensor | null;
+  gate: Chunked;
+  up: Chunked;
+  down: Chunked;
+}
+
+/** x·Wᵀ + b with W split by output rows: the chunks' outputs are concatenated. */
+function chunkedLinear(x: Tensor, w: Chunked, bias: Tensor | null = null): Tensor {
+  if (w.length === 1) return linear(x, w[0], bias);
+  const y = concat(w.map((part) => matmul(x, part, { transB: true })), -1);
+  return bias ? add(y, bias) : y;
+}
+
+/** A decoder-only causal LM: what generation, training and evaluation need of a model. */
+export interface CausalLM {
+  readonly config: DecoderConfig;
+  readonly parameters: Parameter[];
+  readonly tokenizer: QwenTokenizer | null;
+  readonly generation: GenerationDefaults;
+  /** The checkpoint directory it was loaded from (never written to), if any. */
+  readonly sourceDir: string | null;
+  /** The parameter named `name` (checkpoint naming). */
+  parameter(name: string): Parameter | undefined;
+  /** Every parameter tensor (chunks flattened), e.g. for an optimizer. */
+  tensors(): Tensor[];
+  /** Logits (B, T, V) for token ids (B, T) i32. */
+  forward(ids: Tensor, options?: ForwardOptions): Tensor;
+  /** Final normalised hidden states (B, T, C): forward without the head. */
+  hidden(ids: Tensor, options?: ForwardOptions): Tensor;
+  /** The sum of `each` over row chunks of the logits at flat `positions` of `hidden`. */
+  headAt(
+    hidden: Tensor,
+    positions: number[],
+    each: (logits: Tensor, from: number, to: number) => Tensor,
+    rowsPerChunk?: number,
+  ): Tensor;
+  /** Logits from final hidden states (..., C) -> (..., V). */
+  head(x: Tensor): Tensor;
+  /** A KV cache for `batch` sequences of up to `maxLength` tokens. */
+  createCache(batch: number, maxLength: number): KVCache;
+  dispose(): void;
+}
+
+/**
+ * The generic decoder: token embedding, layers of RMSNorm -> GQA attention
+ * (optional q/k/v biases and per-head q/k RMSNorm, RoPE) -> residual ->
+ * RMSNorm -> gated SiLU MLP -> residual, a final RMSNorm and a tied or untied
+ * head. A family (qwen.ts) maps its config and tensor names onto it.
+ */
+export class DecoderLM implements CausalLM {
+  readonly config: DecoderConfig;
+  readonly parameters: Parameter[];
+  readonly tokenizer: QwenTokenizer | null;
+  readonly generation: GenerationDefaults;
+  /** The checkpoint directory it was loaded from (never written to). */
+  readonly sourceDir: string | null;
+  #byName: Map<string, Parameter>;
+  #layers: Layer[];
+
+  constructor(
+    config: DecoderConfig,
+    parameters: Parameter[],
+    options: {
+      tokenizer?: QwenTokenizer | null;
+      generation?: GenerationDefaults;
+      sourceDir?: string | null;
+    } = {},
+  ) {
+    this.config = config;
+    this.parameters = parameters;
+    this.tokenizer = options.tokenizer ?? null;
+    this.sourceDir = options.sourceDir ?? null;
+    this.generation = options.generation ??
+      { eosTokenIds: config.eosTokenIds, padTokenId: config.padTokenId };
+    this.#byName = new Map(parameters.map((p) => [p.name, p]));
+    const all = (name: string) => {
+      const p = this.#byName.get(name);
+      if (!p) throw new Error(`model: missing parameter ${name}`);
+      return p.chunks;
+    };
+    const one = (name: string) => all(name)[0];
+    const maybe = (name: string | null) => (name && this.#byName.has(name) ? one(name) : null);
+    this.#layers = Array.from({ length: config.numLayers }, (_, i) => {
+      const n = config.names.layer(i);
+      return {
+        inputNorm: one(n.inputNorm),
+        postNorm: one(n.postNorm),
+        q: all(n.q),
+        k: all(n.k),
+        v: all(n.v),
+        o: all(n.o),
+        qBias: maybe(n.qBias),
+        kBias: maybe(n.kBias),
+        vBias: maybe(n.vBias),
+        qNorm: maybe(n.qNorm),
+        kNorm: maybe(n.kNorm),
+        gate: all(n.gate),
+        up: all(n.up),
+        down: all(n.down),
+      };
+    });
+  }
+
+  /** The parameter named `name` (Hugging Face naming). */
+  parameter(name: string): Parameter | undefined {
+    return this.#byName.get(name);
+  }
+
+  /** Every parameter tensor (chunks flattened), e.g. for an optimizer. */
+  tensors(): Tensor[] {
+    return this.parameters.flatMap((p) => p.chunks);
+  }
+
+  /** Logits (B, T, V) for token ids (B, T) i32. */
+  forward(ids: Tensor, options: ForwardOptions = {}): Tensor {
+    return this.head(this.hidden(ids, options));
+  }
+
+  /** Final normalised hidden states (B, T, C): forward without the lm_head. */
+  hidden(ids: Tensor, options: ForwardOptions = {}): Tensor {
+    const c = this.config;
+    if (ids.dtype !== "i32" || ids.shape.length !== 2) {
+      throw new Error(`forward: ids must be (batch, seq) i32, got [${ids.shape}] ${ids.dtype}`);
+    }
+    const [B, T] = ids.shape;
+    const cache = options.cache;
+    const past = cache?.length ?? 0;
+    const S = past + T;
+    if (cache && cache.batch !== B) {
+      throw new Error(`forward: cache batch ${cache.batch} != ids batch ${B}`);
+    }
+    const mask = options.attentionMask ?? new Array(B * S).fill(1);
+    if (mask.length !== B * S) {
+      throw new Error(
+        `forward: attentionMask has ${mask.length} values, expected ${B}x${S} (cached + new tokens)`,
+      );
+    }
+    const positions = options.positionIds ??
+      positionsFromMask(mask, B, S).filter((_, i) => i % S >= past);
+    if (positions.length !== B * T) {
+      throw new Error(`forward: positionIds has ${positions.length} values, expected ${B}x${T}`);
+    }
+    const { cos, sin } = ropeTables(positions, B, T, c.headDim, c.ropeTheta);
+    const bias = attentionBias(mask, B, T, S);
+    const scale = 1 / Math.sqrt(c.headDim);
+    const heads = (x: Tensor, n: number, norm: Tensor | null) => {
+      let h = reshape(x, [B, T, n, c.headDim]);
+      if (norm) h = rmsNorm(h, norm, c.rmsNormEps);
+      return permute(h, [0, 2, 1, 3]); // (B, n, T, D)
+    };
+    let x = this.embed(ids); // (B, T, C)
+    this.#layers.forEach((L, i) => {
+      const h = rmsNorm(x, L.inputNorm, c.rmsNormEps);
+      const q = rope(heads(chunkedLinear(h, L.q, L.qBias), c.numHeads, L.qNorm), cos, sin);
+      let k = rope(heads(chunkedLinear(h, L.k, L.kBias), c.numKvHeads, L.kNorm), cos, sin);
+      let v = heads(chunkedLinear(h, L.v, L.vBias), c.numKvHeads, null);
+      if (cache) [k, v] = cache.append(i, k, v);
+      const a = permute(attention(q, k, v, bias, scale), [0, 2, 1, 3]); // (B, T, H, D)
+      x = add(x, chunkedLinear(reshape(a, [B, T, c.numHeads * c.headDim]), L.o));
+      const h2 = rmsNorm(x, L.postNorm, c.rmsNormEps);
+      x = add(
+        x,
+        chunkedLinear(mul(silu(chunkedLinear(h2, L.gate)), chunkedLinear(h2, L.up)), L.down),
+      );
+    });
+    if (cache) cache.length = S;
+    return rmsNorm(x, this.#byName.get(c.names.finalNorm)!.chunks[0], c.rmsNormEps);
+  }
+
+  /**
+   * Rows of logits (n, V) at the given flat positions of hidden states (B, T, C),
+   * in row chunks whose logits fit one storage binding; `each` maps a chunk's
+   * logits and its row range to a scalar, and the scalars are summed. Only the
+   * positions that are scored pay for the lm_head.
+   */
+  headAt(
+    hidden: Tensor,
+    positions: number[],
+    each: (logits: Tensor, from: number, to: number) => Tensor,
+    rowsPerChunk?: number,
+  ): Tensor {
+    const C = hidden.shape.at(-1)!;
+    const flat = reshape(hidden, [hidden.size / C, C]);
+    const rows = embedding(flat, Tensor.from(positions, [positions.length], { dtype: "i32" })); // (n, C)
+    const limit = device().info.maxStorageBufferBindingSize;
+    const per = Math.max(
+      1,
+      Math.min(positions.length, rowsPerChunk ?? Math.floor(limit / (4 * this.config.vocabSize))),
+    );
+    let total: Tensor | null = null;
+    for (let r = 0; r < positions.length; r += per) {
+      const to = Math.min(positions.length, r + per);
+      const part = each(
+        this.head(to - r === positions.length ? rows : slice(rows, 0, r, to)),
+        r,
+        to,
+      );
+      total = total ? add(total, part) : part;
+    }
+    return total!;
+  }
+
+  /** Token embeddings (..., C); a chunked table is the sum of its chunks' lookups. */
+  embed(ids: Tensor): Tensor {
+    const p = this.#byName.get(this.config.names.embed)!;
+    let offset = 0;
+    let out: Tensor | null = null;
+    for (const w of p.chunks) {
+      const e = embedding(w, ids, offset, this.config.vocabSize);
+      out = out ? add(out, e) : e;
+      offset += w.shape[0];
+    }
+    return out!;
+  }
+
+  /** Logits from final hidden states (..., C) -> (..., V); vocabulary chunks are concatenated. */
+  head(x: Tensor): Tensor {
+    const names = this.config.names;
+    const name = this.config.tieWordEmbeddings ? names.embed : names.lmHead;
+    return chunkedLinear(x, this.#byName.get(name)!.chunks);
+  }
+
+  /** A KV cache for `batch` sequences of up to `maxLength` tokens. */
+  createCache(batch: number, maxLength: number): KVCache {
+    return new KVCache(this.config, batch, maxLength);
+  }
+
+  dispose(): void {
+    this.tensors().forEach((t) => t.dispose());
+  }
+}
+
+/** HF position ids for left padding: cumsum(mask) - 1, clamped at 0. (B*S) */
+export function positionsFromMask(mask: ArrayLike<number>, batch: number, seq: number): number[] {
+  const out = new Array(batch * seq);
+  for (let b = 0; b < batch; b++) {
+    let n = 0;
+    for (let s = 0; s < seq; s++) {
+      n += mask[b * seq + s] ? 1 : 0;
+      out[b * seq + s] = Math.max(0, n - 1);
+    }
+  }
+  return out;
+}
+
+/** Bytes a model's parameters occupy on the GPU. */
+export function parameterBytes(model: CausalLM): number {
+  return model.tensors().reduce((s, t) => s + t.size * DTYPE_BYTES[t.dtype], 0);
+}
+
+/**
+ * A model with random weights (normal, std 0.02; norms 1) for a config, made
+ * on the GPU: for tests, benchmarks and scale checks without a download.
+ */
+export function randomModel(
+  config: DecoderConfig,
+  options: { seed?: number; dtype?: "f32" | "bf16"; std?: number; trainable?: boolean } = {},
+): DecoderLM {
+  const dtype = options.dtype ?? "f32";
+  const limit = device().info.maxStorageBufferBindingSize;
+  let seed = options.seed ?? 0;
+  const parameters: Parameter[] = decoderParameters(config).map(([name, shape]) => {
+    if (shape.length === 1) {
+      const isNorm = name.endsWith("norm.weight");
+      const t = keep(
+        isNorm ? fill(shape, 1) : randomNormal(shape, { seed: seed++, std: options.std ?? 0.02 }),
+      );
+      return { name, shape, chunks: [t] };
+    }
+    const [rows, cols] = shape;
+    const per = Math.max(1, Math.floor(limit / (cols * DTYPE_BYTES[dtype])));
+    const chunks: Tensor[] = [];
+    for (let r = 0; r < rows; r += per) {
+      chunks.push(
+        keep(
+          randomNormal([Math.min(per, rows - r), cols], {
+            seed: seed++,
+            std: options.std ?? 0.02,
+            dtype,
+          }),
+        ),
+      );
+    }
+    return { name, shape, chunks };
+  });
+  if (options.trainable) {
+    if (dtype !== "f32") throw new Error("randomModel: trainable models must be f32");
+    parameters.forEach((p) => p.chunks.forEach((t) => t.requiresGrad = true));
+  }
+  return new DecoderLM(config, parameters);
+}
