@@ -83,11 +83,18 @@ export function answersMatch(a: string | null, b: string | null): boolean {
 }
 
 /** How to pull an answer out of a response. */
-export type AnswerFormat = "boxed" | "raw";
+export type AnswerFormat = "boxed" | "raw" | "auto";
 
-/** The answer of a response: its last \boxed{} ("boxed"), or the whole trimmed response ("raw"). */
+/**
+ * The answer of a response: its last \boxed{} ("boxed"), the whole trimmed
+ * response ("raw"), or the last \boxed{} if there is one and else the last
+ * number in the text ("auto": plain answers like the demo task's, too).
+ */
 export function extractAnswer(response: string, format: AnswerFormat): string | null {
   if (format === "raw") return response.trim() || null;
   const b = lastBoxed(response);
-  return b === null ? null : normalizeAnswer(b);
+  if (b !== null) return normalizeAnswer(b);
+  if (format === "boxed") return null;
+  const numbers = response.match(/-?\d+(?:\.\d+)?(?:\/\d+)?/g);
+  return numbers ? normalizeAnswer(numbers.at(-1)!) : null;
 }

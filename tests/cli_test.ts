@@ -27,7 +27,11 @@ Deno.test("train CLI rejects bad flags naming the flag", async () => {
     const [args, message] of [
       [["--lr=-3"], "--lr must be a positive number"],
       [["--steps", "1.5"], "--steps must be a positive integer"],
-      [["--method", "rl"], "--method must be em-ft or sft"],
+      [["--method", "rl"], "--method must be em-ft, em-rl or sft"],
+      [["--reward", "token"], "--reward is an EM-RL flag: add --method em-rl"],
+      [["--method", "em-rl", "--reward", "nope"], "--reward must be token, sequence"],
+      [["--method", "em-rl", "--n-samples", "1"], "--estimator rloo needs --n-samples >= 2"],
+      [["--method", "em-rl", "--stop-on-collapse", "0.5"], "--stop-on-collapse needs --eval-every"],
       [["--reduce", "max"], "--reduce must be mean or sum"],
       [["--top-p", "0"], "--top-p must be in (0, 1]"],
       [["--resume"], "--resume needs --out"],

@@ -6,6 +6,8 @@ import { noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { device } from "../engine/device.ts";
 import { DemoSource } from "../train/data.ts";
+import { emFtObjective } from "../train/em_ft.ts";
+import { scoredBatch } from "../train/objective.ts";
 import {
   accumulateGradients,
   DivergedError,
@@ -38,7 +40,12 @@ Deno.test({
     const batch = packSequences(prompts, responses, 0);
     assertEquals(batch.ids, Array.from(ids));
     assertEquals(batch.mask, Array.from(mask));
-    const acc = accumulateGradients(model, batch, "em-ft", "mean", 1);
+    const acc = accumulateGradients(
+      model,
+      scoredBatch(batch),
+      emFtObjective({ nSamples: 1, reduce: "mean" }),
+      1,
+    );
     assertAlmostEquals(await acc.loss.item(), toFloat32(tensors.get("loss")!)[0], 1e-5);
     for (const p of model.parameters) {
       const want = toFloat32(tensors.get(`grad.${p.name}`)!);

@@ -20,6 +20,7 @@ import {
   readJsonl,
   ShuffledSource,
 } from "./data.ts";
+import { REWARD_NAMES } from "./rewards.ts";
 import { DEFAULTS, DivergedError, train, type TrainOptions } from "./trainer.ts";
 
 /** Settings of the no-argument demo (see README: chosen to finish in about 5 minutes on 2 CPU cores). */
@@ -37,21 +38,27 @@ export const DEMO_DEFAULTS: Partial<TrainOptions> = {
   clip: 1,
 };
 
+/** EM-RL's demo settings: the EM-FT demo's, with EM-RL's steps (about the same wall time). */
+export const DEMO_EM_RL: Partial<TrainOptions> = { steps: 30 };
+
 const HELP = `deno task train [flags]
 
 EM-FT: sample responses to unlabeled prompts from the model, then minimise the
 token entropy of its own next-token distributions over the responses.
+EM-RL: policy gradient (PPO clip, k3 KL to the initial model) whose reward is
+the model's negative entropy, or another reward of --reward.
 SFT: cross-entropy on labeled prompt/answer pairs (prompt masked).
-With no --model and no --data: the embedded demo (EM-FT of the shipped
-arithmetic model, before/after table on ${DEMO_HELD_OUT} held-out problems).
+With no --model and no --data: the embedded demo (EM-FT, or EM-RL with
+--method em-rl, of the shipped arithmetic model, before/after table on
+${DEMO_HELD_OUT} held-out problems).
 
-  --method em-ft|sft       objective (default em-ft)
+  --method em-ft|em-rl|sft objective (default em-ft)
   --model DIR              Hugging Face Qwen checkpoint directory (default: the demo model)
   --data FILE.jsonl        {"prompt": ..., "answer"?: ...} per line (default: the demo task generator)
   --out DIR                output directory: metrics.jsonl, checkpoint/, best/ (default runs/<method>-<time>)
   --steps N                optimizer steps (default ${DEFAULTS.steps}; demo ${DEMO_DEFAULTS.steps})
   --batch-size N           prompts per step (default ${DEFAULTS.batchSize})
-  --n-samples N            EM-FT responses per prompt (default ${DEFAULTS.nSamples})
+  --n-samples N            EM-FT/EM-RL responses per prompt (default ${DEFAULTS.nSamples})
   --micro-batch N          sequences per forward/backward; gradients accumulate (default ${DEFAULTS.microBatch})
   --lr X                   AdamW learning rate (default ${DEFAULTS.lr})
   --warmup N               linear warm-up steps (default 0)
@@ -59,6 +66,17 @@ arithmetic model, before/after table on ${DEMO_HELD_OUT} held-out problems).
   --weight-decay X         AdamW weight decay (default ${DEFAULTS.weightDecay})
   --clip X                 gradient clipping by global norm (default ${DEFAULTS.clip})
   --reduce mean|sum        EM-FT: mean over response tokens, or sum per sequence (default mean)
+EM-RL:
+  --reward NAME            ${REWARD_NAMES.join("|")} (default ${DEFAULTS.reward})
+                           token: -H per token; sequence: log-prob of the sampled tokens;
+                           self-certainty: KL(U||p); majority: agrees with the majority answer;
+                           correct: equals the data's "answer" (the labeled RLOO/GRPO baseline)
+  --reward-reduce mean|sum token/sequence rewards: mean over tokens (code) or sum (paper) (default mean)
+  --estimator rloo|grpo|reinforce   advantage (default ${DEFAULTS.estimator})
+  --clip-ratio X           PPO clip epsilon (default ${DEFAULTS.clipRatio})
+  --ppo-epochs N           updates per batch of rollouts (default ${DEFAULTS.ppoEpochs})
+  --ppo-mini-batch N       prompts per update (default 0 = the whole batch)
+  --kl-coef X              k3 KL to the initial model; 0 allocates no reference (default ${DEFAULTS.klCoef})
   --max-new-tokens N       response length limit when sampling (default ${DEFAULTS.maxNewTokens}; demo ${DEMO_MAX_NEW_TOKENS})
   --temperature T          sampling temperature (default 1)
   --top-p P                sampling nucleus mass (default 1)
@@ -67,6 +85,7 @@ arithmetic model, before/after table on ${DEMO_HELD_OUT} held-out problems).
   --eval-every N           evaluate every N steps (demo task; default 0 = start and end only)
   --save-every N           checkpoint every N steps (default 0 = at the end)
   --target-accuracy X      demo task: stop once greedy accuracy on the validation set reaches X
+  --stop-on-collapse F     with --eval-every: stop once validation accuracy falls below F x its best
   --resume                 continue from OUT/checkpoint with its optimizer state
   --overwrite              replace the run already in OUT (its metrics, checkpoint/ and best/)
   --no-weight-check        skip the NaN/Inf check of the weights at load (one GPU pass over them)
@@ -96,6 +115,14 @@ const STRING_FLAGS = [
   "eval-every",
   "save-every",
   "target-accuracy",
+  "stop-on-collapse",
+  "reward",
+  "reward-reduce",
+  "estimator",
+  "clip-ratio",
+  "ppo-epochs",
+  "ppo-mini-batch",
+  "kl-coef",
 ];
 
 type Flags = ParsedArgs;
@@ -113,10 +140,34 @@ export function parseTrainFlags(
     boolean: ["chat", "resume", "overwrite", "no-weight-check", "help"],
   }) as Flags;
   const demo = flags.model === undefined && flags.data === undefined;
-  const base: TrainOptions = { ...DEFAULTS, ...(demo ? DEMO_DEFAULTS : {}) };
-  const method = (flags.method ?? base.method) as string;
-  if (method !== "em-ft" && method !== "sft") {
-    throw new Error(`--method must be em-ft or sft, got "${method}"`);
+  const method = (flags.method ?? DEFAULTS.method) as string;
+  if (method !== "em-ft" && method !== "sft" && method !== "em-rl") {
+    throw new Error(`--method must be em-ft, em-rl or sft, got "${method}"`);
+  }
+  const base: TrainOptions = {
+    ...DEFAULTS,
+    ...(demo ? DEMO_DEFAULTS : {}),
+    ...(demo && method === "em-rl" ? DEMO_EM_RL : {}),
+  };
+  const choice = <T extends string>(flag: string, allowed: readonly T[], fallback: T): T => {
+    const v = (flags[flag] ?? fallback) as string;
+    if (!allowed.includes(v as T)) {
+      throw new Error(`--${flag} must be ${allowed.join(", ")}, got "${v}"`);
+    }
+    return v as T;
+  };
+  const rlFlags = [
+    "reward",
+    "reward-reduce",
+    "estimator",
+    "clip-ratio",
+    "ppo-epochs",
+    "ppo-mini-batch",
+    "kl-coef",
+  ];
+  const stray = rlFlags.find((f) => flags[f] !== undefined);
+  if (method !== "em-rl" && stray) {
+    throw new Error(`--${stray} is an EM-RL flag: add --method em-rl`);
   }
   const schedule = (flags.schedule ?? base.schedule) as string;
   if (schedule !== "constant" && schedule !== "cosine") {
@@ -144,11 +195,27 @@ export function parseTrainFlags(
     seed: numberFlag(flags, "seed", is.int) ?? base.seed,
     evalEvery: numberFlag(flags, "eval-every", is.nonNegativeInt) ?? base.evalEvery,
     saveEvery: numberFlag(flags, "save-every", is.nonNegativeInt) ?? base.saveEvery,
+    stopOnCollapse: numberFlag(flags, "stop-on-collapse", is.fraction) ?? base.stopOnCollapse,
     chat: flags.chat === true,
     outDir: typeof flags.out === "string"
       ? flags.out
-      : `runs/${demo ? "em-ft-demo" : method}-${stamp()}`,
+      : `runs/${method}${demo ? "-demo" : ""}-${stamp()}`,
+    reward: choice("reward", REWARD_NAMES, base.reward),
+    rewardReduce: choice("reward-reduce", ["mean", "sum"] as const, base.rewardReduce),
+    estimator: choice("estimator", ["rloo", "grpo", "reinforce"] as const, base.estimator),
+    clipRatio: numberFlag(flags, "clip-ratio", is.positive) ?? base.clipRatio,
+    ppoEpochs: numberFlag(flags, "ppo-epochs", is.positiveInt) ?? base.ppoEpochs,
+    ppoMiniBatch: numberFlag(flags, "ppo-mini-batch", is.nonNegativeInt) ?? base.ppoMiniBatch,
+    klCoef: numberFlag(flags, "kl-coef", is.nonNegative) ?? base.klCoef,
   };
+  if (options.method === "em-rl" && options.estimator === "rloo" && options.nSamples < 2) {
+    throw new Error(
+      "--estimator rloo needs --n-samples >= 2 (it compares each rollout with the others of its prompt)",
+    );
+  }
+  if (options.stopOnCollapse > 0 && options.evalEvery === 0) {
+    throw new Error("--stop-on-collapse needs --eval-every N (it watches validation accuracy)");
+  }
   if (flags.resume && typeof flags.out !== "string") {
     throw new Error("--resume needs --out DIR (the run to continue)");
   }
@@ -300,7 +367,8 @@ export async function main(args: string[]): Promise<number> {
       source = new DemoSource(options.seed);
     } else {
       const examples = await readJsonl(flags.data as string, {
-        requireAnswer: options.method === "sft",
+        requireAnswer: options.method === "sft" ||
+          (options.method === "em-rl" && options.reward === "correct"),
       });
       // every line must fit the model before the first step, not fail at step 40
       for (const e of examples) {
@@ -322,13 +390,20 @@ export async function main(args: string[]): Promise<number> {
   let before: DemoScores | null = null;
   if (demo && !flags.resume) {
     console.log(
-      `demo: EM-FT of ${DEMO_MODEL} on unlabeled arithmetic prompts; evaluating on ${DEMO_HELD_OUT} held-out problems first`,
+      `demo: ${options.method.toUpperCase()} of ${DEMO_MODEL} on ${
+        options.method === "sft" || (options.method === "em-rl" && options.reward === "correct")
+          ? "labeled"
+          : "unlabeled"
+      } arithmetic prompts; evaluating on ${DEMO_HELD_OUT} held-out problems first`,
     );
     before = await evaluateDemo(model, heldOut, options.seed);
   }
   console.log(
     `${options.method} for ${options.steps} steps: ${options.batchSize} prompts/step` +
-      (options.method === "em-ft" ? ` x ${options.nSamples} samples` : "") +
+      (options.method !== "sft" ? ` x ${options.nSamples} samples` : "") +
+      (options.method === "em-rl"
+        ? `, reward ${options.reward} (${options.rewardReduce}), ${options.estimator}, kl ${options.klCoef}`
+        : "") +
       `, lr ${options.lr}, output ${options.outDir}`,
   );
   try {

@@ -6,9 +6,39 @@
  */
 import { div, entropy, maxScalar, mul, mulScalar, sum } from "../engine/ops/mod.ts";
 import { Tensor } from "../engine/tensor.ts";
+import {
+  encodePrompts,
+  type Objective,
+  packSequences,
+  responseMask,
+  rollouts,
+  scoredBatch,
+} from "./objective.ts";
+
+export { responseMask };
 
 /** "mean": over response tokens (the code's default); "sum": summed, divided by the sequences. */
 export type Reduce = "mean" | "sum";
+
+/** EM-FT's loss at each position: H(softmax(z)). logits (n, V) -> (n). */
+export function emFtPositionLoss(logits: Tensor): Tensor {
+  return entropy(logits);
+}
+
+/** EM-FT: N samples per prompt from the model itself, then their token entropy. */
+export function emFtObjective(options: { nSamples: number; reduce: Reduce }): Objective {
+  return {
+    name: "em-ft",
+    normalizer: options.reduce === "mean" ? "tokens" : "sequences",
+    async makeBatch(ctx, examples) {
+      const r = await rollouts(ctx, encodePrompts(ctx, examples), options.nSamples);
+      const batch = scoredBatch(packSequences(r.prompts, r.responses, ctx.pad));
+      batch.sampledTokens = r.responses.reduce((s, x) => s + x.length, 0);
+      return batch;
+    },
+    positionLoss: ({ logits }) => ({ loss: emFtPositionLoss(logits) }),
+  };
+}
 
 /**
  * L = sum_t H(p_t) * mask_t / D with D = sum(mask) ("mean"), the number of
@@ -35,31 +65,11 @@ export function tokenEntropyLoss(
     );
   }
   const m = isTensor ? mask.view([B, T]) : Tensor.from(mask, [B, T]);
-  const total = sum(mul(entropy(logits), m));
+  const total = sum(mul(emFtPositionLoss(logits), m));
   if (typeof reduce === "number") return mulScalar(total, 1 / reduce);
   if (reduce === "sum") return mulScalar(total, 1 / B);
   if (isTensor) return div(total, maxScalar(sum(m), 1));
   let count = 0;
   for (let i = 0; i < size; i++) count += (mask as ArrayLike<number>)[i];
   return mulScalar(total, 1 / Math.max(count, 1));
-}
-
-/**
- * The response mask of a (B, T) batch whose prompts are left-padded to a
- * common length P (columns [0, P)): position t scores token t+1, so it is 1 for
- * t in [P-1, T-2] where both t and t+1 are real tokens.
- */
-export function responseMask(
-  attentionMask: ArrayLike<number>,
-  batch: number,
-  seq: number,
-  promptLength: number,
-): number[] {
-  const out = new Array(batch * seq).fill(0);
-  for (let b = 0; b < batch; b++) {
-    for (let t = Math.max(promptLength - 1, 0); t < seq - 1; t++) {
-      if (attentionMask[b * seq + t] && attentionMask[b * seq + t + 1]) out[b * seq + t] = 1;
-    }
-  }
-  return out;
 }

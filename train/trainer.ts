@@ -1,16 +1,19 @@
 /**
- * One training loop for EM-FT and SFT (nanoGPT-style: defaults up top, a flat
- * loop). Each step: take prompts, build sequences (EM-FT: N samples per prompt
- * from the model itself; SFT: the labeled answer), accumulate the gradient
- * over micro-batches so the batch is not limited by memory, clip, schedule
- * the learning rate, AdamW. Metrics go to metrics.jsonl; checkpoints (HF
- * format + optimizer + trainer state) are written atomically and resumable.
+ * One training loop for every method (nanoGPT-style: defaults up top, a flat
+ * loop that never asks which loss it is). What differs between EM-FT, SFT and
+ * EM-RL lives behind the Objective interface (objective.ts): how a step's
+ * batch is made and the loss at each scored position. Each step: make the
+ * batch (rollouts, rewards, advantages, reference log-probs), then for each of
+ * the objective's updates accumulate the gradient over micro-batches so the
+ * batch is not limited by memory, clip, schedule the learning rate, AdamW.
+ * Metrics go to metrics.jsonl; checkpoints (HF format + optimizer + trainer
+ * state) are written atomically and resumable.
  * @module
  */
 import { atomicWrite, recoverDirectory } from "../engine/atomic.ts";
-import type { CausalLM } from "../engine/model/decoder.ts";
-import { saveModel } from "../engine/model/checkpoint.ts";
-import { concat, entropy, mulScalar, neg, sum, tokenLogProb } from "../engine/ops/mod.ts";
+import { loadModel, saveModel } from "../engine/model/checkpoint.ts";
+import { type CausalLM, frozenCopy } from "../engine/model/decoder.ts";
+import { concat, entropy, mulScalar, sum } from "../engine/ops/mod.ts";
 import { AdamW, clipGradNorm } from "../engine/optim.ts";
 import { Rng } from "../engine/random.ts";
 import {
@@ -21,11 +24,18 @@ import {
 } from "../engine/safetensors.ts";
 import { keep, noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
-import { generate, leftPad, NonFiniteLogitsError } from "../infer/generate.ts";
-import { checkExampleFits, encodePrompt, type Example, type ExampleSource } from "./data.ts";
-import { type Reduce, responseMask } from "./em_ft.ts";
+import { NonFiniteLogitsError } from "../infer/generate.ts";
+import type { ExampleSource } from "./data.ts";
+import { emFtObjective, type Reduce } from "./em_ft.ts";
+import { emRlObjective, type Estimator } from "./em_rl.ts";
+import type { BatchContext, Objective, StepBatch } from "./objective.ts";
+import type { RewardName, RewardReduce } from "./rewards.ts";
+import { sftObjective } from "./sft.ts";
 
-export type Method = "em-ft" | "sft";
+export { packSequences } from "./objective.ts";
+export type { Batch } from "./objective.ts";
+
+export type Method = "em-ft" | "sft" | "em-rl";
 export type Schedule = "constant" | "cosine";
 
 export interface TrainOptions {
@@ -33,7 +43,7 @@ export interface TrainOptions {
   steps: number;
   /** Prompts per optimizer step. */
   batchSize: number;
-  /** EM-FT: responses sampled per prompt. */
+  /** EM-FT and EM-RL: responses sampled per prompt. */
   nSamples: number;
   /** Sequences per forward/backward; gradients accumulate across them. */
   microBatch: number;
@@ -49,8 +59,21 @@ export interface TrainOptions {
   seed: number;
   evalEvery: number;
   saveEvery: number;
+  /** Stop when an evaluation's score falls below this fraction of the best so far (0 = off). */
+  stopOnCollapse: number;
   chat: boolean;
   outDir: string;
+  /** EM-RL: the reward (rewards.ts) and how it reduces over tokens. */
+  reward: RewardName;
+  rewardReduce: RewardReduce;
+  /** EM-RL: advantage estimator. */
+  estimator: Estimator;
+  /** EM-RL: PPO clip epsilon, passes per batch, prompts per update (0 = all). */
+  clipRatio: number;
+  ppoEpochs: number;
+  ppoMiniBatch: number;
+  /** EM-RL: weight of the k3 KL to the initial model (0: no reference is allocated). */
+  klCoef: number;
 }
 
 export const DEFAULTS: TrainOptions = {
@@ -71,8 +94,16 @@ export const DEFAULTS: TrainOptions = {
   seed: 0,
   evalEvery: 0,
   saveEvery: 0,
+  stopOnCollapse: 0,
   chat: false,
   outDir: "runs/em-ft",
+  reward: "token",
+  rewardReduce: "mean",
+  estimator: "rloo",
+  clipRatio: 0.2,
+  ppoEpochs: 1,
+  ppoMiniBatch: 0,
+  klCoef: 0.001,
 };
 
 /** What a training step measured. */
@@ -86,6 +117,12 @@ export interface StepMetrics {
   tokens: number;
   tokensPerSecond: number;
   seconds: number;
+  /** Seconds making the batch (sampling, no-grad passes) and sampled tokens per second. */
+  rolloutSeconds: number;
+  rolloutTokensPerSecond: number;
+  /** Seconds in forward/backward/optimizer updates and trained tokens per second. */
+  updateSeconds: number;
+  updateTokensPerSecond: number;
   [key: string]: number;
 }
 
@@ -95,6 +132,8 @@ export interface TrainHooks {
   evaluate?: (model: CausalLM, step: number) => Promise<Record<string, number>>;
   /** Called before each step (tests inject faults here). */
   beforeStep?: (step: number, model: CausalLM) => void | Promise<void>;
+  /** Train with this objective instead of the one `method` names (a library user's own). */
+  objective?: Objective;
 }
 
 /** Thrown when the loss or gradient stops being finite; the last good checkpoint is kept. */
@@ -124,83 +163,82 @@ export function learningRate(
   return 0.5 * o.lr * (1 + Math.cos(Math.PI * Math.min(1, t)));
 }
 
-/** Sequences of a step: ids and mask (B, T) and the padded prompt length P. */
-export interface Batch {
-  ids: number[];
-  mask: number[];
-  rows: number;
-  length: number;
-  promptLength: number;
-}
-
-/** Left-padded prompts (as generate pads them) followed by right-padded responses. */
-export function packSequences(prompts: number[][], responses: number[][], pad: number): Batch {
-  const left = leftPad(prompts, pad); // (B, P)
-  const P = left.length;
-  const R = Math.max(1, ...responses.map((r) => r.length));
-  const ids: number[] = [];
-  const mask: number[] = [];
-  prompts.forEach((_, i) => {
-    const r = responses[i];
-    ids.push(...left.ids.slice(i * P, (i + 1) * P), ...r, ...new Array(R - r.length).fill(pad));
-    mask.push(
-      ...left.mask.slice(i * P, (i + 1) * P),
-      ...r.map(() => 1),
-      ...new Array(R - r.length).fill(0),
-    );
-  });
-  return { ids, mask, rows: prompts.length, length: P + R, promptLength: P };
+/** The sums a gradient pass measured (GPU scalars) and how many positions it scored. */
+export interface Accumulated {
+  loss: Tensor;
+  /** Sums over the scored positions: entropy and the objective's statistics. */
+  stats: Record<string, Tensor>;
+  count: number;
 }
 
 /**
- * Forward and backward over `batch` in micro-batches, accumulating into the
- * parameters' .grad exactly the gradient of the full-batch loss: each
- * micro-batch's loss is divided by the full batch's divisor. Returns the loss
- * and the sum of response-position entropies (GPU scalars) and their count.
+ * Forward and backward over `rows` of `batch` (default all) in micro-batches,
+ * accumulating into the parameters' .grad exactly the gradient of the loss of
+ * those rows together: each micro-batch's loss is divided by the divisor of
+ * them all (their scored positions for "tokens", their rows for "sequences").
  */
 export function accumulateGradients(
   model: CausalLM,
-  batch: Batch,
-  method: Method,
-  reduce: Reduce,
+  batch: StepBatch,
+  objective: Objective,
   microBatch: number,
-): { loss: Tensor; entropySum: Tensor; count: number } {
+  rows: number[] = Array.from({ length: batch.rows }, (_, i) => i),
+): Accumulated {
   const T = batch.length;
-  const positions = responseMask(batch.mask, batch.rows, T, batch.promptLength);
-  const count = positions.reduce((a, b) => a + b, 0);
-  const divisor = method === "sft" || reduce === "mean" ? Math.max(count, 1) : batch.rows;
+  // scored positions are row-major: each row's are one run of batch.positions
+  const first = new Array(batch.rows + 1).fill(batch.positions.length);
+  for (let i = batch.positions.length - 1; i >= 0; i--) {
+    first[Math.floor(batch.positions[i] / T)] = i;
+  }
+  for (let r = batch.rows - 1; r >= 0; r--) first[r] = Math.min(first[r], first[r + 1]);
+  const count = rows.reduce((s, r) => s + first[r + 1] - first[r], 0);
+  const divisor = objective.normalizer === "tokens" ? Math.max(count, 1) : rows.length;
   const losses: Tensor[] = [];
-  const entropies: Tensor[] = [];
-  for (let r0 = 0; r0 < batch.rows; r0 += microBatch) {
-    const r1 = Math.min(batch.rows, r0 + microBatch);
-    const ids = batch.ids.slice(r0 * T, r1 * T);
-    // flat indices of the scored positions and, for SFT, the tokens they predict
+  const parts: Record<string, Tensor[]> = {};
+  for (let m0 = 0; m0 < rows.length; m0 += microBatch) {
+    const micro = rows.slice(m0, m0 + microBatch);
+    const ids = micro.flatMap((r) => batch.ids.slice(r * T, (r + 1) * T));
+    const mask = micro.flatMap((r) => batch.mask.slice(r * T, (r + 1) * T));
+    // the micro-batch's scored positions: local flat indices and indices into batch.positions
     const at: number[] = [];
-    const next: number[] = [];
-    for (let i = 0; i < (r1 - r0) * T; i++) {
-      if (positions[r0 * T + i]) at.push(i), next.push(ids[i + 1]);
-    }
+    const which: number[] = [];
+    micro.forEach((r, k) => {
+      for (let i = first[r]; i < first[r + 1]; i++) {
+        at.push(batch.positions[i] - r * T + k * T);
+        which.push(i);
+      }
+    });
     if (at.length === 0) continue;
-    const [loss, h] = tidy(() => {
-      const hidden = model.hidden(Tensor.from(ids, [r1 - r0, T], { dtype: "i32" }), {
-        attentionMask: batch.mask.slice(r0 * T, r1 * T),
+    const [loss, sums] = tidy(() => {
+      const hidden = model.hidden(Tensor.from(ids, [micro.length, T], { dtype: "i32" }), {
+        attentionMask: mask,
       });
-      const hParts: Tensor[] = [];
+      const chunkSums: Record<string, Tensor[]> = {};
       const loss = model.headAt(hidden, at, (logits, from, to) => {
-        const H = entropy(logits); // (n)
-        hParts.push(noGrad(() => sum(H).view([1])));
-        if (method === "sft") {
-          const target = Tensor.from(next.slice(from, to), [to - from], { dtype: "i32" });
-          return mulScalar(neg(sum(tokenLogProb(logits, target))), 1 / divisor);
+        const idx = which.slice(from, to);
+        const n = to - from;
+        const data = Object.fromEntries(
+          Object.entries(batch.data).map(([k, v]) => [k, Tensor.from(idx.map((i) => v[i]), [n])]),
+        );
+        const targets = Tensor.from(idx.map((i) => batch.targets[i]), [n], { dtype: "i32" });
+        const out = objective.positionLoss({ logits, targets, data });
+        const stats = { ...out.stats };
+        stats.entropy ??= noGrad(() => entropy(logits));
+        for (const [k, v] of Object.entries(stats)) {
+          (chunkSums[k] ??= []).push(noGrad(() => sum(v).view([1])));
         }
-        return mulScalar(sum(H), 1 / divisor);
+        return mulScalar(sum(out.loss), 1 / divisor);
       });
       loss.backward();
-      const h = noGrad(() => (hParts.length === 1 ? hParts[0] : sum(concat(hParts, 0)).view([1])));
-      return [noGrad(() => loss.view([1])), h];
+      const sums = Object.fromEntries(
+        Object.entries(chunkSums).map((
+          [k, xs],
+        ) => [k, noGrad(() => (xs.length === 1 ? xs[0] : sum(concat(xs, 0)).view([1])))]),
+      );
+      return [noGrad(() => loss.view([1])), sums] as const;
     });
     losses.push(keep(loss));
-    entropies.push(keep(h));
+    for (const [k, v] of Object.entries(sums)) (parts[k] ??= []).push(keep(v));
   }
   const total = (xs: Tensor[]) =>
     noGrad(() => {
@@ -209,7 +247,20 @@ export function accumulateGradients(
       xs.forEach((x) => x.dispose());
       return keep(s);
     });
-  return { loss: total(losses), entropySum: total(entropies), count };
+  const stats = Object.fromEntries(Object.entries(parts).map(([k, xs]) => [k, total(xs)]));
+  return { loss: total(losses), stats, count };
+}
+
+/** The objective `o.method` names. */
+export function objectiveFor(o: TrainOptions, reference: CausalLM | null): Objective {
+  switch (o.method) {
+    case "em-ft":
+      return emFtObjective({ nSamples: o.nSamples, reduce: o.reduce });
+    case "sft":
+      return sftObjective();
+    case "em-rl":
+      return emRlObjective({ ...o, reference });
+  }
 }
 
 const CHECKPOINT = "checkpoint";
@@ -232,6 +283,22 @@ export async function train(
   }
   const tok = model.tokenizer;
   if (!tok) throw new Error("train: the model directory has no tokenizer.json");
+  const state = resumeFrom
+    ? JSON.parse(await Deno.readTextFile(`${resumeFrom}/trainer_state.json`))
+    : null;
+  // EM-RL's reference: the initial weights, frozen (a copy, or reloaded from where they came from)
+  let reference: CausalLM | null = null;
+  let referenceDir: string | null = state?.referenceDir ?? model.sourceDir;
+  if (!hooks.objective && o.method === "em-rl" && o.klCoef > 0) {
+    if (!resumeFrom) reference = frozenCopy(model);
+    else if (!referenceDir) {
+      throw new Error(
+        `${resumeFrom}: the reference model's directory is not recorded; cannot resume EM-RL`,
+      );
+    } else reference = await loadModel(referenceDir, { dtype: "f32", checkFinite: false });
+  }
+  if (!resumeFrom) referenceDir = model.sourceDir;
+  const objective = hooks.objective ?? objectiveFor(o, reference);
   const eos = model.generation.eosTokenIds;
   const pad = model.generation.padTokenId ?? eos[0] ?? 0;
   const params = model.tensors();
@@ -240,7 +307,6 @@ export async function train(
   let start = 0;
   let best: TrainResult["best"] = null;
   if (resumeFrom) {
-    const state = JSON.parse(await Deno.readTextFile(`${resumeFrom}/trainer_state.json`));
     start = state.step;
     sampleRng.state = state.sampleRng;
     source.restore(state.source);
@@ -287,6 +353,7 @@ export async function train(
           source: source.state(),
           options: o,
           best,
+          referenceDir,
         };
         await Deno.writeTextFile(
           `${tmp}/trainer_state.json`,
@@ -311,6 +378,18 @@ export async function train(
       best = { step, score: metrics.score, dir: `${o.outDir}/${BEST}` };
       await save(best.dir, step);
     }
+    if (
+      o.stopOnCollapse > 0 && best && metrics.score !== undefined &&
+      metrics.score < o.stopOnCollapse * best.score
+    ) {
+      log(
+        `eval @ step ${step}: score ${
+          fmt(metrics.score)
+        } fell below ${o.stopOnCollapse} of its best ` +
+          `${fmt(best.score)} (step ${best.step}): stopping; the best checkpoint is ${best.dir}`,
+      );
+      return true;
+    }
     return metrics.stop === 1;
   };
 
@@ -325,9 +404,20 @@ export async function train(
       const lastGood = checkpoint
         ? `The last good checkpoint is ${checkpoint}.`
         : "No checkpoint was saved yet.";
-      let batch: Batch;
+      const ctx: BatchContext = {
+        model,
+        rng: sampleRng,
+        pad,
+        eos,
+        chat: o.chat,
+        maxNewTokens: o.maxNewTokens,
+        temperature: o.temperature,
+        topP: o.topP,
+        microBatch: o.microBatch,
+      };
+      let batch: StepBatch;
       try {
-        batch = await buildBatch(model, examples, o, sampleRng, pad, eos);
+        batch = await objective.makeBatch(ctx, examples);
       } catch (e) {
         if (!(e instanceof NonFiniteLogitsError)) throw e;
         throw new DivergedError(
@@ -335,52 +425,84 @@ export async function train(
             `stopped before updating. ${lastGood}`,
         );
       }
+      const rolloutSeconds = (performance.now() - stepStart) / 1000;
       const lr = learningRate(o, step);
-      opt.lr = lr;
-      opt.zeroGrad();
-      const acc = accumulateGradients(model, batch, o.method, o.reduce, o.microBatch);
-      if (acc.count === 0) {
-        throw new Error(`step ${step}: no response tokens to train on (max-new-tokens too small?)`);
-      }
-      const norm = clipGradNorm(params, o.clip);
-      const [gradNorm, loss, hSum] = await Promise.all([
-        norm.item(),
-        acc.loss.item(),
-        acc.entropySum.item(),
-      ]);
-      [norm, acc.loss, acc.entropySum].forEach((t) => t.dispose());
-      const count = acc.count;
-      if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
+      const updates = objective.updates?.(batch) ??
+        [Array.from({ length: batch.rows }, (_, i) => i)];
+      let lossSum = 0;
+      let gradNormSum = 0;
+      let positions = 0;
+      let trained = 0;
+      const statSums: Record<string, number> = {};
+      for (const rows of updates) {
+        opt.lr = lr;
         opt.zeroGrad();
-        throw new DivergedError(
-          `step ${step}: the ${Number.isFinite(loss) ? "gradient norm" : "loss"} is ${
-            Number.isFinite(loss) ? gradNorm : loss
-          }; stopped before updating. ${lastGood}`,
-        );
+        const acc = accumulateGradients(model, batch, objective, o.microBatch, rows);
+        if (acc.count === 0) {
+          throw new Error(
+            `step ${step}: no response tokens to train on (max-new-tokens too small?)`,
+          );
+        }
+        const norm = clipGradNorm(params, o.clip);
+        const names = Object.keys(acc.stats);
+        const [gradNorm, loss, ...sums] = await Promise.all([
+          norm.item(),
+          acc.loss.item(),
+          ...names.map((k) => acc.stats[k].item()),
+        ]);
+        [norm, acc.loss, ...Object.values(acc.stats)].forEach((t) => t.dispose());
+        if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
+          opt.zeroGrad();
+          throw new DivergedError(
+            `step ${step}: the ${Number.isFinite(loss) ? "gradient norm" : "loss"} is ${
+              Number.isFinite(loss) ? gradNorm : loss
+            }; stopped before updating. ${lastGood}`,
+          );
+        }
+        opt.update();
+        opt.zeroGrad();
+        lossSum += loss;
+        gradNormSum += gradNorm;
+        positions += acc.count;
+        names.forEach((k, i) => statSums[k] = (statSums[k] ?? 0) + sums[i]);
+        trained += rows.reduce((t, r) => t + sumOf(batch.mask, r * batch.length, batch.length), 0);
       }
-      opt.update();
-      opt.zeroGrad();
       last = step;
       const seconds = (performance.now() - stepStart) / 1000;
-      const tokens = batch.mask.reduce((a, b) => a + b, 0);
+      const updateSeconds = seconds - rolloutSeconds;
+      const tokens = sumOf(batch.mask, 0, batch.mask.length);
+      const { entropy: hSum, ...stats } = statSums;
       const metrics: StepMetrics = {
         step,
-        loss,
-        entropy: hSum / count,
-        gradNorm,
+        loss: lossSum / updates.length,
+        entropy: hSum / positions,
+        gradNorm: gradNormSum / updates.length,
         lr,
         tokens,
         tokensPerSecond: tokens / seconds,
         seconds,
+        rolloutSeconds,
+        rolloutTokensPerSecond: batch.sampledTokens / rolloutSeconds,
+        updateSeconds,
+        updateTokensPerSecond: trained / updateSeconds,
+        ...batch.metrics,
+        ...Object.fromEntries(Object.entries(stats).map(([k, v]) => [k, v / positions])),
       };
       history.push(metrics);
       await appendJsonl(metricsPath, metrics);
       const elapsed = (performance.now() - t0) / 1000;
       const eta = (elapsed / (step - start)) * (o.steps - step);
+      const extra = ["reward", "kl", "clipFraction", "responseLength"]
+        .filter((k) => metrics[k] !== undefined)
+        .map((k) => `${SHORT[k] ?? k} ${fmt(metrics[k])}`).join("  ");
       log(
-        `step ${step}/${o.steps}  loss ${fmt(loss)}  entropy ${fmt(metrics.entropy)}  |g| ${
-          fmt(gradNorm)
-        }  lr ${lr.toExponential(2)}  ${metrics.tokensPerSecond.toFixed(0)} tok/s  elapsed ${
+        `step ${step}/${o.steps}  loss ${fmt(metrics.loss)}  entropy ${fmt(metrics.entropy)}  |g| ${
+          fmt(metrics.gradNorm)
+        }  lr ${lr.toExponential(2)}${extra ? "  " + extra : ""}  rollout ${
+          rolloutSeconds.toFixed(1)
+        }s (${metrics.rolloutTokensPerSecond.toFixed(0)} tok/s)  update ${
+          updateSeconds.toFixed(1)
+        }s (${metrics.updateTokensPerSecond.toFixed(0)} tok/s)  elapsed ${
           elapsed.toFixed(0)
         }s  eta ${eta.toFixed(0)}s`,
       );
@@ -400,54 +522,9 @@ export async function train(
     }
   } finally {
     opt.dispose();
+    reference?.dispose();
   }
   return { lastStep: last, history, evaluations, checkpoint, best };
-}
-
-/** The step's sequences: prompts with sampled responses (EM-FT) or with their answers (SFT). */
-async function buildBatch(
-  model: CausalLM,
-  examples: Example[],
-  o: TrainOptions,
-  rng: Rng,
-  pad: number,
-  eos: number[],
-): Promise<Batch> {
-  const tok = model.tokenizer!;
-  const prompts = examples.map((e) => encodePrompt(tok, e.prompt, o.chat));
-  prompts.forEach((p, i) =>
-    checkExampleFits(examples[i], p, 0, model.config.maxPositionEmbeddings)
-  );
-  const vocab = model.config.vocabSize;
-  for (const p of prompts) {
-    const bad = p.find((id) => id >= vocab);
-    if (bad !== undefined) {
-      throw new Error(
-        `the tokenizer produced id ${bad} but the model's vocab_size is ${vocab}: model and data do not match`,
-      );
-    }
-  }
-  if (o.method === "sft") {
-    const responses = examples.map((e) => {
-      if (e.answer === undefined) {
-        throw new Error(
-          `SFT needs an "answer" for every example (prompt ${JSON.stringify(e.prompt)})`,
-        );
-      }
-      return [...tok.encode(e.answer), ...(eos.length ? [eos[0]] : [])];
-    });
-    return packSequences(prompts, responses, pad);
-  }
-  const repeated = prompts.flatMap((p) => Array.from({ length: o.nSamples }, () => p));
-  const r = await generate(model, repeated, {
-    maxNewTokens: o.maxNewTokens,
-    temperature: o.temperature,
-    topP: o.topP,
-    seed: Math.floor(rng.next() * 2 ** 31),
-    eosTokenIds: eos,
-    padTokenId: pad,
-  });
-  return packSequences(repeated, r.tokens, pad);
 }
 
 /** Keeps the metrics.jsonl records of steps <= `step`. */
@@ -473,6 +550,15 @@ async function truncateMetrics(path: string, step: number): Promise<void> {
 
 async function appendJsonl(path: string, value: unknown): Promise<void> {
   await Deno.writeTextFile(path, JSON.stringify(value) + "\n", { append: true });
+}
+
+/** Short names in the progress line. */
+const SHORT: Record<string, string> = { clipFraction: "clip", responseLength: "len" };
+
+function sumOf(xs: number[], from: number, n: number): number {
+  let s = 0;
+  for (let i = from; i < from + n; i++) s += xs[i];
+  return s;
 }
 
 function fmt(v: number): string {

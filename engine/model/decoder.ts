@@ -494,3 +494,24 @@ export function randomModel(
   }
   return new DecoderLM(config, parameters);
 }
+
+/**
+ * A frozen copy of a model: the same config and tokenizer over copies of every
+ * weight, sharing no writable buffer with it (EM-RL's reference model).
+ */
+export function frozenCopy(model: CausalLM): DecoderLM {
+  const parameters = model.parameters.map((p) => ({
+    name: p.name,
+    shape: p.shape,
+    chunks: p.chunks.map((t) => {
+      const c = keep(Tensor.empty(t.shape, t.dtype));
+      device().copy(t.buffer, 0, c.buffer, 0, t.byteLength);
+      return c;
+    }),
+  }));
+  return new DecoderLM(model.config, parameters, {
+    tokenizer: model.tokenizer,
+    generation: model.generation,
+    sourceDir: model.sourceDir,
+  });
+}

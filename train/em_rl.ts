@@ -1,0 +1,276 @@
+/**
+ * EM-RL (EM_SPEC.md): policy gradient whose reward is the model's own
+ * certainty (or, for the labeled baselines, correctness). Each step: N
+ * rollouts per prompt; the policy's and the frozen reference's log-probs of
+ * the sampled tokens, with no gradient; a reward per rollout (rewards.ts);
+ * advantages by RLOO, GRPO or REINFORCE, broadcast to the rollout's tokens;
+ * then PPO's clipped objective with a k3 KL to the reference, token-mean.
+ * @module
+ */
+import type { CausalLM } from "../engine/model/decoder.ts";
+import {
+  abs,
+  add,
+  addScalar,
+  concat,
+  elementwise,
+  entropy,
+  exp,
+  logSoftmax,
+  maximum,
+  maxScalar,
+  mean,
+  minScalar,
+  mul,
+  mulScalar,
+  neg,
+  sub,
+  sum,
+  tokenLogProb,
+} from "../engine/ops/mod.ts";
+import { keep, noGrad, tidy } from "../engine/scope.ts";
+import { Tensor } from "../engine/tensor.ts";
+import {
+  type BatchContext,
+  encodePrompts,
+  type Objective,
+  packSequences,
+  rollouts,
+  scoredBatch,
+  type StepBatch,
+} from "./objective.ts";
+import { type RewardName, type RewardReduce, REWARDS, type Rollout } from "./rewards.ts";
+
+export type Estimator = "rloo" | "grpo" | "reinforce";
+
+export interface EmRlOptions {
+  /** Rollouts per prompt (N). */
+  nSamples: number;
+  reward: RewardName;
+  rewardReduce: RewardReduce;
+  estimator: Estimator;
+  /** PPO's epsilon: the ratio is clipped to [1 - eps, 1 + eps]. */
+  clipRatio: number;
+  /** Passes over each batch of rollouts. */
+  ppoEpochs: number;
+  /** Prompts per optimizer update (their N rollouts each); 0 = the whole batch. */
+  ppoMiniBatch: number;
+  /** Weight of the k3 KL to the reference; 0 allocates no reference. */
+  klCoef: number;
+  /** The frozen initial model (null when klCoef is 0). */
+  reference: CausalLM | null;
+}
+
+/** Advantages of rewards laid out as groups of `n` rollouts per prompt. */
+export function advantages(rewards: number[], n: number, estimator: Estimator): number[] {
+  if (rewards.length % n !== 0) {
+    throw new Error(`advantages: ${rewards.length} rewards, groups of ${n}`);
+  }
+  if (estimator === "rloo" && n < 2) {
+    throw new Error(
+      "RLOO needs at least 2 rollouts per prompt (--n-samples >= 2), or use --estimator grpo|reinforce",
+    );
+  }
+  const all = rewards.reduce((a, b) => a + b, 0) / rewards.length;
+  return rewards.map((r, i) => {
+    const g = rewards.slice(i - (i % n), i - (i % n) + n);
+    const s = g.reduce((a, b) => a + b, 0);
+    if (estimator === "reinforce") return r - all; // REINFORCE with the batch mean as baseline
+    if (estimator === "rloo") return r - (s - r) / (n - 1); // leave-one-out mean of the others
+    // GRPO: standardised within the group (unbiased std, as torch.std in the public code)
+    const m = s / n;
+    const std = n > 1 ? Math.sqrt(g.reduce((a, x) => a + (x - m) ** 2, 0) / (n - 1)) : 0;
+    return (r - m) / (std + 1e-6);
+  });
+}
+
+/**
+ * PPO's clipped objective per token: -min(ratio A, clip(ratio, 1-eps, 1+eps) A)
+ * with ratio = exp(logp - old). Also (no gradient) 1 where the clipped term
+ * is the one in force, for the clip fraction. All (n).
+ */
+export function ppoClipLoss(
+  logp: Tensor,
+  old: Tensor,
+  adv: Tensor,
+  clipRatio: number,
+): { loss: Tensor; clipped: Tensor; ratio: Tensor } {
+  const ratio = exp(sub(logp, old));
+  const unclipped = neg(mul(ratio, adv));
+  const clipped = neg(mul(minScalar(maxScalar(ratio, 1 - clipRatio), 1 + clipRatio), adv));
+  const loss = maximum(unclipped, clipped); // ties go to the unclipped (ratio) path
+  const active = noGrad(() => elementwise("gt", [clipped, unclipped], "select(0.0, 1.0, b > a)"));
+  return { loss, clipped: active, ratio };
+}
+
+/** k3 ("low_var_kl") estimate of KL(pi || ref) per token: e^(ref-logp) - (ref-logp) - 1, clamped to [-10, 10]. */
+export function klK3(logp: Tensor, ref: Tensor): Tensor {
+  const d = sub(ref, logp);
+  return minScalar(maxScalar(addScalar(sub(exp(d), d), -1), -10), 10);
+}
+
+/** CPU reference (float64): the PPO-clip loss at one token and its derivative in logp. */
+export function ppoClipReference(
+  logp: number,
+  old: number,
+  adv: number,
+  clipRatio: number,
+): { loss: number; dLogp: number } {
+  const ratio = Math.exp(logp - old);
+  const c = Math.min(Math.max(ratio, 1 - clipRatio), 1 + clipRatio);
+  const u = -ratio * adv;
+  const k = -c * adv;
+  if (u >= k) return { loss: u, dLogp: -ratio * adv };
+  // the clipped branch: constant in logp outside [1-eps, 1+eps]
+  const inside = ratio > 1 - clipRatio && ratio < 1 + clipRatio;
+  return { loss: k, dLogp: inside ? -ratio * adv : 0 };
+}
+
+/** CPU reference (float64): k3 and its derivative in logp. */
+export function klK3Reference(logp: number, ref: number): { kl: number; dLogp: number } {
+  const d = ref - logp;
+  const raw = Math.exp(d) - d - 1;
+  const kl = Math.min(Math.max(raw, -10), 10);
+  return { kl, dLogp: raw > -10 && raw < 10 ? -Math.exp(d) + 1 : 0 };
+}
+
+/** Per scored position, with no gradient: log-prob of the target, entropy, and optionally KL(U||p). */
+export async function scorePositions(
+  model: CausalLM,
+  batch: StepBatch,
+  microBatch: number,
+  withSelfCertainty: boolean,
+): Promise<{ logProbs: Float32Array; entropies: Float32Array; selfCertainty?: Float32Array }> {
+  const T = batch.length;
+  const parts: { lp: Tensor; h: Tensor; sc: Tensor | null }[] = [];
+  let at = 0; // index into batch.positions
+  for (let r0 = 0; r0 < batch.rows; r0 += microBatch) {
+    const r1 = Math.min(batch.rows, r0 + microBatch);
+    const local: number[] = [];
+    const targets: number[] = [];
+    while (at < batch.positions.length && batch.positions[at] < r1 * T) {
+      local.push(batch.positions[at] - r0 * T);
+      targets.push(batch.targets[at]);
+      at++;
+    }
+    if (local.length === 0) continue;
+    noGrad(() =>
+      tidy(() => {
+        const hidden = model.hidden(
+          Tensor.from(batch.ids.slice(r0 * T, r1 * T), [r1 - r0, T], { dtype: "i32" }),
+          { attentionMask: batch.mask.slice(r0 * T, r1 * T) },
+        );
+        return model.headAt(hidden, local, (logits, from, to) => {
+          const t = Tensor.from(targets.slice(from, to), [to - from], { dtype: "i32" });
+          const lp = keep(tokenLogProb(logits, t));
+          const h = keep(entropy(logits));
+          // KL(U || p) = -log|V| - mean_j log p_j
+          const sc = withSelfCertainty
+            ? keep(
+              addScalar(neg(mean(logSoftmax(logits), { axis: -1 })), -Math.log(logits.shape[1])),
+            )
+            : null;
+          parts.push({ lp, h, sc });
+          return sum(lp);
+        });
+      })
+    ).dispose();
+  }
+  const gather = async (xs: Tensor[]) => {
+    if (xs.length === 0) return new Float32Array(0);
+    const all = noGrad(() => (xs.length === 1 ? xs[0].view([xs[0].size]) : concat(xs, 0)));
+    const out = new Float32Array(await all.toArray());
+    all.dispose();
+    xs.forEach((x) => x.dispose());
+    return out;
+  };
+  const [logProbs, entropies, selfCertainty] = await Promise.all([
+    gather(parts.map((p) => p.lp)),
+    gather(parts.map((p) => p.h)),
+    withSelfCertainty ? gather(parts.map((p) => p.sc!)) : Promise.resolve(undefined),
+  ]);
+  return { logProbs, entropies, selfCertainty };
+}
+
+/** The EM-RL objective. */
+export function emRlObjective(o: EmRlOptions): Objective {
+  if (o.estimator === "rloo" && o.nSamples < 2) advantages([0], 1, "rloo"); // throws the message
+  if (o.klCoef > 0 && !o.reference) throw new Error("EM-RL: klCoef > 0 needs a reference model");
+  return {
+    name: "em-rl",
+    normalizer: "tokens",
+    async makeBatch(ctx: BatchContext, examples) {
+      const r = await rollouts(ctx, encodePrompts(ctx, examples), o.nSamples);
+      const batch = scoredBatch(packSequences(r.prompts, r.responses, ctx.pad));
+      batch.sampledTokens = r.responses.reduce((s, x) => s + x.length, 0);
+      const policy = await scorePositions(
+        ctx.model,
+        batch,
+        ctx.microBatch,
+        o.reward === "self-certainty",
+      );
+      const ref = o.reference
+        ? await scorePositions(o.reference, batch, ctx.microBatch, false)
+        : null;
+      // the scored positions of each rollout (row-major, so contiguous)
+      const rowOf = batch.positions.map((p) => Math.floor(p / batch.length));
+      const tok = ctx.model.tokenizer!;
+      const rolls: Rollout[] = r.responses.map((resp, row) => {
+        const idx: number[] = [];
+        rowOf.forEach((x, i) => x === row && idx.push(i));
+        const e = examples[Math.floor(row / o.nSamples)];
+        return {
+          text: tok.decode(resp, { skipSpecialTokens: true }),
+          gold: e.answer,
+          origin: e.origin ?? JSON.stringify(e.prompt),
+          entropies: idx.map((i) => policy.entropies[i]),
+          logProbs: idx.map((i) => policy.logProbs[i]),
+          selfCertainty: policy.selfCertainty
+            ? idx.map((i) => policy.selfCertainty![i])
+            : undefined,
+        };
+      });
+      const reward = REWARDS[o.reward];
+      const rewards = rolls.map((x, i) => {
+        const g0 = i - (i % o.nSamples);
+        return reward(x, rolls.slice(g0, g0 + o.nSamples), o.rewardReduce);
+      });
+      const adv = advantages(rewards, o.nSamples, o.estimator);
+      batch.data = {
+        old: Array.from(policy.logProbs),
+        adv: rowOf.map((row) => adv[row]),
+        ...(ref ? { ref: Array.from(ref.logProbs) } : {}),
+      };
+      const meanOf = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+      const std = (xs: number[]) => Math.sqrt(meanOf(xs.map((x) => (x - meanOf(xs)) ** 2)));
+      batch.metrics = {
+        reward: meanOf(rewards),
+        rewardStd: std(rewards),
+        advantageStd: std(adv),
+        responseLength: meanOf(r.responses.map((x) => x.length)),
+      };
+      return batch;
+    },
+    positionLoss({ logits, targets, data }) {
+      const logp = tokenLogProb(logits, targets);
+      const pg = ppoClipLoss(logp, data.old, data.adv, o.clipRatio);
+      const stats: Record<string, Tensor> = {
+        clipFraction: pg.clipped,
+        ratioDeviation: noGrad(() => abs(addScalar(pg.ratio, -1))),
+      };
+      if (o.klCoef === 0 || !data.ref) return { loss: pg.loss, stats };
+      const kl = klK3(logp, data.ref);
+      stats.kl = noGrad(() => kl.view(kl.shape));
+      return { loss: add(pg.loss, mulScalar(kl, o.klCoef)), stats };
+    },
+    updates(batch) {
+      const rows = Array.from({ length: batch.rows }, (_, i) => i);
+      const per = o.ppoMiniBatch > 0 ? o.ppoMiniBatch * o.nSamples : batch.rows;
+      const groups: number[][] = [];
+      for (let e = 0; e < o.ppoEpochs; e++) {
+        for (let i = 0; i < rows.length; i += per) groups.push(rows.slice(i, i + per));
+      }
+      return groups;
+    },
+  };
+}
