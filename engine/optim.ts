@@ -90,7 +90,8 @@ export function clipGradNorm(params: Tensor[], maxNorm: number): Tensor {
   return noGrad(() => {
     const withGrad = params.filter((p) => p.grad);
     if (withGrad.length === 0) return Tensor.zeros([1]);
-    const parts = withGrad.map((p) => sumSquares(p.grad!).view([1]));
+    const squares = withGrad.map((p) => sumSquares(p.grad!)); // () each
+    const parts = squares.map((t) => t.view([1]));
     const all = concat(parts, 0);
     const total = sum(all);
     const norm = elementwise("sqrt", [total], "sqrt(a)");
@@ -100,7 +101,9 @@ export function clipGradNorm(params: Tensor[], maxNorm: number): Tensor {
       p.grad!.dispose();
       p.grad = scaled;
     }
-    [...parts, all, total, coef].forEach((t) => t.dispose());
-    return norm.view([1]);
+    [...squares, ...parts, all, total, coef].forEach((t) => t.dispose());
+    const out = norm.view([1]);
+    norm.dispose();
+    return out;
   });
 }

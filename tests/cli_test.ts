@@ -109,6 +109,31 @@ Deno.test("train CLI demo: EM-FT of the shipped model prints the before/after ta
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("train CLI demo with --method em-rl: EM-RL of the shipped model prints the table", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cli_demo_rl_" });
+  const r = await run([
+    "--method",
+    "em-rl",
+    "--steps",
+    "1",
+    "--batch-size",
+    "8",
+    "--out",
+    `${dir}/run`,
+  ]);
+  assertEquals(r.code, 0, r.stderr);
+  assert(r.stdout.includes("demo: EM-RL of"), r.stdout);
+  assert(/reward token \(mean\), rloo, kl 0\.001/.test(r.stdout), r.stdout);
+  assert(
+    /step 1\/1 .*reward -?[\d.]+ .*kl [\d.e-]+ .*rollout [\d.]+s .*update [\d.]+s/.test(r.stdout),
+    r.stdout,
+  );
+  for (const row of ["accuracy, greedy", "accuracy, sampling T=1", "mean token entropy"]) {
+    assert(r.stdout.includes(row), r.stdout);
+  }
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("eval CLI demo: every method on the demo problems with a comparison table", async () => {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
