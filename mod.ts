@@ -89,13 +89,39 @@ export {
   sampleTokens,
   type SamplingOptions,
 } from "./infer/sampling.ts";
-export { type Reduce, responseMask, tokenEntropyLoss } from "./train/em_ft.ts";
-export { crossEntropyLoss } from "./train/sft.ts";
+export { emFtObjective, type Reduce, responseMask, tokenEntropyLoss } from "./train/em_ft.ts";
+export { crossEntropyLoss, sftObjective } from "./train/sft.ts";
+export {
+  advantages,
+  emRlObjective,
+  type EmRlOptions,
+  type Estimator,
+  klK3,
+  ppoClipLoss,
+  scorePositions,
+} from "./train/em_rl.ts";
+export {
+  answerOf,
+  majorityAnswer,
+  type Reward,
+  type RewardName,
+  type RewardReduce,
+  REWARDS,
+  type Rollout,
+} from "./train/rewards.ts";
+export type {
+  BatchContext,
+  Objective,
+  PositionInputs,
+  PositionLoss,
+  StepBatch,
+} from "./train/objective.ts";
 export {
   accumulateGradients,
   DEFAULTS as TRAIN_DEFAULTS,
   DivergedError,
   learningRate,
+  objectiveFor,
   packSequences,
   type StepMetrics,
   train,
