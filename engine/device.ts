@@ -137,6 +137,8 @@ export class Device {
   pooledBytes = 0;
   /** Submissions so far (for tests and benchmarks). */
   submits = 0;
+  /** Readbacks (read calls) so far, each a wait of about 11 ms in Deno (for benchmarks). */
+  reads = 0;
   /** Dispatches so far, by kernel label (for profiling). */
   readonly dispatchCounts: Map<string, number> = new Map();
   /** GPU milliseconds by kernel label, filled while profiling (timestamp-query). */
@@ -420,6 +422,7 @@ export class Device {
    * kernel reported bad input (errorBuffer) since the last read.
    */
   async read(buf: GPUBuffer, bytes: number, offset = 0): Promise<ArrayBuffer> {
+    this.reads++;
     const aligned = Math.ceil(bytes / 4) * 4;
     const staging = this.#acquire(aligned + ERROR_BYTES, READ_USAGE);
     this.copy(buf, offset, staging, 0, aligned);

@@ -24,6 +24,11 @@ export interface GenerateOptions extends SamplingOptions {
   /** Called after every step with the new id of each row (-1 where already finished). */
   onStep?: (ids: number[], step: number) => void;
   logitsProcessor?: LogitsProcessor;
+  /**
+   * Steps sampled between readbacks: by default 4, doubling after each read to 16. A number
+   * fixes it; 1 reads every token back at once (the reference the tests compare with).
+   */
+  readEvery?: number;
   /** Also return, per generated token, the entropy of the model's next-token distribution (temperature 1, after any logitsProcessor), computed on the GPU and read once at the end. */
   returnEntropies?: boolean;
 }
@@ -71,13 +76,6 @@ export class NonFiniteLogitsError extends Error {
   }
 }
 
-/** Throws for the first row whose flag (step + 1, from the sampler) is set. */
-function throwIfUnusable(flags: ArrayLike<number>): void {
-  for (let b = 0; b < flags.length; b++) {
-    if (flags[b] > 0) throw new NonFiniteLogitsError(flags[b] - 1, b);
-  }
-}
-
 /** Generates continuations of token-id prompts. */
 export async function generate(
   model: CausalLM,
@@ -122,14 +120,46 @@ export async function generate(
   const unusable = keep(Tensor.zeros([B], { dtype: "i32" })); // (B) step + 1 of a NaN/Inf row
   let steps = 0;
   const stepEntropies: Tensor[] = [];
+  // Sampled ids feed the next step on the GPU, and nothing the host adds to a step (mask,
+  // positions, uniforms) depends on them, so the loop runs ahead and reads ids back in groups:
+  // one wait per group instead of one per token. Groups grow (4, 8, 16) so that a run that
+  // ends early wastes few steps; steps past the last finished row are discarded.
+  const unread: Tensor[] = []; // (B, 1) ids of steps not read back yet
+  let group = options.readEvery ?? 4;
+  const grow = options.readEvery === undefined;
+  /** Reads the unread steps' ids; returns true when every row has finished. */
+  const readBack = async (): Promise<boolean> => {
+    const [bad, ...all] = await Promise.all([
+      unusable.toArray(),
+      ...unread.map((t) => t.toArray()),
+    ]);
+    unread.forEach((t) => t.dispose());
+    unread.length = 0;
+    for (const newIds of all) {
+      const step = steps++;
+      const reported = Array.from(newIds, (id, b) => {
+        if (finished[b]) return -1;
+        // a NaN/Inf row matters only while the row is still generating
+        if (bad[b] > 0 && bad[b] - 1 <= step) throw new NonFiniteLogitsError(bad[b] - 1, b);
+        tokens[b].push(id);
+        if (eos.has(id)) finished[b] = true;
+        return id;
+      });
+      options.onStep?.(reported, step);
+      if (finished.every(Boolean)) return true;
+    }
+    return false;
+  };
   try {
     for (let step = 0; step < maxNew; step++) {
       const T = input.shape[1];
       const maskFlat = rows.flat();
       const next = noGrad(() =>
         tidy(() => {
-          const logits = model.forward(input, { attentionMask: maskFlat, cache }); // (B, T, V)
-          let last = reshape(slice(logits, 1, T - 1, T), [B, vocab]); // (B, V)
+          // only the last position's logits are needed: the head runs on (B, 1, C)
+          const hidden = model.hidden(input, { attentionMask: maskFlat, cache }); // (B, T, C)
+          const lastHidden = T === 1 ? hidden : slice(hidden, 1, T - 1, T);
+          let last = reshape(model.head(lastHidden), [B, vocab]); // (B, V)
           if (options.logitsProcessor) last = options.logitsProcessor(last, step);
           if (options.returnEntropies) stepEntropies.push(keep(entropy(last)));
           return sampleTokens(last, options, drawUniforms(rng, B), { flags: unusable, step });
@@ -137,30 +167,24 @@ export async function generate(
       );
       input.dispose();
       input = keep(reshape(next, [B, 1]));
-      next.dispose();
-      const [newIds, bad] = await Promise.all([input.toArray(), unusable.toArray()]);
-      throwIfUnusable(bad);
-      steps++;
-      const reported = Array.from(newIds, (id, b) => {
-        if (finished[b]) return -1;
-        tokens[b].push(id);
-        if (eos.has(id)) finished[b] = true;
-        return id;
-      });
+      unread.push(keep(next));
       rows.forEach((r) => r.push(1));
-      options.onStep?.(reported, step);
-      if (finished.every(Boolean)) break;
+      if (unread.length >= group || step === maxNew - 1) {
+        if (await readBack()) break;
+        if (grow) group = Math.min(16, group * 2);
+      }
     }
   } finally {
     input.dispose();
     unusable.dispose();
+    unread.forEach((t) => t.dispose());
     cache.dispose();
   }
   let entropies: number[][] | undefined;
   if (options.returnEntropies) {
-    const all = await Promise.all(stepEntropies.map((t) => t.toArray()));
-    stepEntropies.forEach((t) => t.dispose());
+    const all = await Promise.all(stepEntropies.slice(0, steps).map((t) => t.toArray()));
     entropies = tokens.map((row, b) => row.map((_, s) => all[s][b]));
   }
+  stepEntropies.forEach((t) => t.dispose());
   return { tokens, finished, promptLength: P, steps, entropies };
 }

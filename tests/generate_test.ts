@@ -6,7 +6,7 @@ import { concat } from "../engine/ops/mod.ts";
 import { generate } from "../infer/generate.ts";
 import { sampleReference, sampleTokens } from "../infer/sampling.ts";
 import { Rng } from "../engine/random.ts";
-import { assertEquals } from "@std/assert";
+import { assert, assertEquals } from "@std/assert";
 import { assertClose, gpuTest } from "./_helpers.ts";
 
 const HF = new URL("./fixtures/hf/", import.meta.url).pathname;
@@ -159,5 +159,74 @@ Deno.test({
     const p = [0, 1, 2, -1].map(Math.exp);
     const total = p.reduce((a, b) => a + b);
     assertClose(counts.map((c) => c / N), p.map((x) => x / total), { atol: 0.01 }, "frequencies");
+  },
+});
+
+const RUNS = JSON.parse(
+  await Deno.readTextFile(new URL("./fixtures/generate_runs.json", import.meta.url)),
+);
+
+Deno.test({
+  name:
+    "generate() gives the tokens of the stored run for the same seed (run-ahead decoding changes nothing)",
+  ...gpuTest,
+  fn: async () => {
+    const { emInfProcessor } = await import("../infer/em_inf.ts");
+    const demo = await loadModel(new URL("../demo/model", import.meta.url).pathname);
+    const qwen = await loadModel(`${HF}qwen2-tiny`);
+    for (
+      const [name, model] of [["demo_sample", demo], ["demo_em_inf", demo], [
+        "qwen2_sample",
+        qwen,
+      ]] as const
+    ) {
+      const run = RUNS[name];
+      const r = await generate(model, run.prompts, {
+        ...run.options,
+        logitsProcessor: run.options.emInf ? emInfProcessor() : undefined,
+        returnEntropies: run.entropies !== undefined,
+      });
+      assertEquals(r.tokens, run.tokens, name);
+      assertEquals(r.finished, run.finished, name);
+      if (run.entropies) {
+        assertClose(r.entropies!.flat(), run.entropies.flat(), { atol: 0, rtol: 0 }, name);
+      }
+    }
+    demo.dispose();
+    qwen.dispose();
+  },
+});
+
+Deno.test({
+  name:
+    "run-ahead decoding equals one readback per token: rows ending at different steps, at the first step, at maxNewTokens",
+  ...gpuTest,
+  fn: async () => {
+    const model = await loadModel(`${HF}qwen2-tiny`);
+    const prompts = [[5, 9, 200, 31], [7, 8], [300, 301, 302, 303, 304, 305], [1], [42, 43]];
+    const options = { temperature: 1, seed: 5, maxNewTokens: 23, returnEntropies: true };
+    const free = await generate(model, prompts, { ...options, eosTokenIds: [] });
+    // eos ids chosen from that run: row 0 ends at its first token, row 2 at its 7th,
+    // row 4 at its 15th; rows 1 and 3 run to maxNewTokens (unless they meet one earlier)
+    const eos = [free.tokens[0][0], free.tokens[2][6], free.tokens[4][14]];
+    const steps: number[] = [];
+    const perToken = await generate(model, prompts, { ...options, eosTokenIds: eos, readEvery: 1 });
+    const ahead = await generate(model, prompts, {
+      ...options,
+      eosTokenIds: eos,
+      onStep: (_ids, step) => void steps.push(step),
+    });
+    assertEquals(ahead.tokens, perToken.tokens);
+    assertEquals(ahead.finished, perToken.finished);
+    assertEquals(ahead.steps, perToken.steps);
+    assertEquals(ahead.entropies, perToken.entropies);
+    assertEquals(
+      steps,
+      Array.from({ length: ahead.steps }, (_, i) => i),
+      "onStep once per step, in order",
+    );
+    assertEquals(ahead.tokens[0].length, 1, "row 0 finished at the first step");
+    assert(ahead.tokens.some((t) => t.length === 23), "a row reached maxNewTokens");
+    model.dispose();
   },
 });

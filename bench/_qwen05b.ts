@@ -1,0 +1,21 @@
+/** Qwen/Qwen2.5-0.5B config.json (the fields the model reads), for benches at its shape. @module */
+export const QWEN25_05B: Record<string, unknown> = {
+  architectures: ["Qwen2ForCausalLM"],
+  hidden_size: 896,
+  intermediate_size: 4864,
+  num_hidden_layers: 24,
+  num_attention_heads: 14,
+  num_key_value_heads: 2,
+  max_position_embeddings: 32768,
+  rms_norm_eps: 1e-6,
+  rope_theta: 1000000.0,
+  tie_word_embeddings: true,
+  vocab_size: 151936,
+  hidden_act: "silu",
+  torch_dtype: "bfloat16",
+  use_sliding_window: false,
+  sliding_window: 32768,
+  max_window_layers: 21,
+  eos_token_id: 151643,
+  bos_token_id: 151643,
+};
