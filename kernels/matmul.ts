@@ -200,3 +200,56 @@ fn store(row: u32, n0: u32, N: u32, lo: vec4<f32>, hi: vec4<f32>) {
   ${stores}`,
   });
 });
+
+/**
+ * Decode-shaped products (few rows): c (M, N) = a (M, K) · bᵀ with b (N, K)
+ * row-major, as a linear layer's weight is stored. One invocation per row m
+ * and 4 output columns: it streams 4 weight rows along K as vec4 (bf16/f16
+ * weights unpacked, so half the bytes) and dots them with a's row. Every
+ * weight is read once per row, with none of the 8x8 tile's idle rows.
+ * Needs K % 4 == 0.
+ */
+export const gemvKernel = memoKernel((bType: "f32" | "bf16" | "f16") => {
+  const ldb4 = bType === "f32"
+    ? `fn ldb4(i: u32) -> vec4<f32> { return b[i / 4u]; }`
+    : `fn half2(w: u32) -> vec2<f32> {
+  ${
+      bType === "bf16"
+        ? "return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));"
+        : "return unpack2x16float(w);"
+    }
+}
+fn ldb4(i: u32) -> vec4<f32> { return vec4<f32>(half2(b[i / 2u]), half2(b[i / 2u + 1u])); }`;
+  return declareKernel({
+    label: "gemv",
+    inputs: { a4: "vec4<f32>", b: bType === "f32" ? "vec4<f32>" : "u32" },
+    outputs: { c: "f32" },
+    params: { M: "u32", N: "u32", K: "u32" },
+    grid: "elements",
+    workgroupSize: [64],
+    helpers: ldb4,
+    main: `
+  let i = flat_index(gid, nwg);
+  let M = params.M; let N = params.N; let K = params.K;
+  let blocks = (N + 3u) / 4u;
+  if (i >= M * blocks) { return; }
+  let m = i / blocks;
+  let n0 = (i % blocks) * 4u;
+  // columns past N re-read column N-1 (valid memory); their results are not stored
+  let r0 = min(n0, N - 1u) * K; let r1 = min(n0 + 1u, N - 1u) * K;
+  let r2 = min(n0 + 2u, N - 1u) * K; let r3 = min(n0 + 3u, N - 1u) * K;
+  // the same multiply-adds, in the same order, as the 8x8 kernel: results are bit-identical
+  var acc = vec4<f32>(0.0);
+  for (var k = 0u; k < K; k += 4u) {
+    let x = a4[(m * K + k) / 4u];
+    let w0 = ldb4(r0 + k); let w1 = ldb4(r1 + k); let w2 = ldb4(r2 + k); let w3 = ldb4(r3 + k);
+    acc += x.x * vec4<f32>(w0.x, w1.x, w2.x, w3.x);
+    acc += x.y * vec4<f32>(w0.y, w1.y, w2.y, w3.y);
+    acc += x.z * vec4<f32>(w0.z, w1.z, w2.z, w3.z);
+    acc += x.w * vec4<f32>(w0.w, w1.w, w2.w, w3.w);
+  }
+  for (var j = 0u; j < 4u; j++) {
+    if (n0 + j < N) { c[m * N + n0 + j] = acc[j]; }
+  }`,
+  });
+});

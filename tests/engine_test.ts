@@ -275,3 +275,47 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "matmul() decode shapes (GEMV: M 1, 3, 16, N not a tile multiple, f32/bf16/f16) match the CPU reference and the 8x8 kernel bit for bit",
+  ...gpuTest,
+  fn: async () => {
+    const { matmulReference } = await import("../engine/ops/matmul.ts");
+    for (const dtype of ["f32", "bf16", "f16"] as const) {
+      for (const [M, K, N] of [[1, 8, 13], [3, 20, 130], [16, 64, 517], [1, 896, 37]]) {
+        const rows = randArray([17, K], 3);
+        const w = randArray([N, K], 4);
+        // weights as stored (rounded to the dtype), and the f64 reference on those values
+        const wt = Tensor.from(w.data, [N, K], { dtype });
+        const wv = Float64Array.from(await wt.toArray());
+        const x17 = toTensor(rows); // 17 rows: the 8x8 kernel
+        const xM = Tensor.from(rows.data.slice(0, M * K), [M, K]); // M rows: GEMV
+        dev.dispatchCounts.clear();
+        const got = await ops.matmul(xM, wt, { transB: true }).toArray();
+        assertEquals(
+          dev.dispatchCounts.get("gemv"),
+          1,
+          `[${M},${K}]·[${N},${K}]ᵀ ${dtype} took GEMV`,
+        );
+        const tiled = (await ops.matmul(x17, wt, { transB: true }).toArray()).slice(0, M * N);
+        assertEquals(
+          Array.from(got),
+          Array.from(tiled),
+          `GEMV = 8x8 kernel, ${dtype} M=${M} N=${N}`,
+        );
+        const ref = matmulReference(
+          { shape: [M, K], data: rows.data.slice(0, M * K) },
+          {
+            shape: [K, N],
+            data: Float64Array.from(
+              { length: K * N },
+              (_, i) => wv[(i % N) * K + Math.floor(i / N)],
+            ),
+          },
+        );
+        assertClose(got, ref.data, { atol: 1e-4, rtol: 1e-4 }, `${dtype} M=${M} K=${K} N=${N}`);
+      }
+    }
+  },
+});

@@ -4,12 +4,15 @@
  * or 2-D and shared by every batch. out: (..., M, N).
  * @module
  */
-import { matmulKernel, matmulVec4Kernel, MM } from "../../kernels/matmul.ts";
+import { gemvKernel, matmulKernel, matmulVec4Kernel, MM } from "../../kernels/matmul.ts";
 import { record } from "../autograd.ts";
 import { launch } from "../launch.ts";
 import { numel, Tensor } from "../tensor.ts";
 import type { NDArray } from "./_reference.ts";
 import { sum } from "./reduce.ts";
+
+/** Products with at most this many rows (decode steps) take the GEMV kernel. */
+export const GEMV_MAX_ROWS = 16;
 
 export interface MatmulOptions {
   transA?: boolean;
@@ -91,6 +94,11 @@ function launchMatmul(
     sbn: sb[1],
   };
   const bType = b.dtype as "f32" | "bf16" | "f16";
+  // decode shapes (few rows times a weight stored (N, K)): the GEMV kernel
+  if (M <= GEMV_MAX_ROWS && transB && !transA && batch === 1 && K % 4 === 0) {
+    launch(gemvKernel(bType), { a4: a, b, c: out }, { M, N, K }, M * Math.ceil(N / 4));
+    return;
+  }
   // vec4 fast path: the contiguous axis of each operand and K are multiples of 4
   if (K % 4 === 0 && (!transA || M % 4 === 0) && (transB || N % 4 === 0)) {
     launch(matmulVec4Kernel(transA, transB, bType), { a4: a, b, c: out }, params, [
