@@ -60,6 +60,42 @@ export const elementwiseKernel = memoKernel((modes: string, expr: string) => {
   });
 });
 
+/** Elements each invocation of the vec4 elementwise kernel handles (4 vec4 loads per input). */
+export const EW_VEC_ELEMENTS = 16;
+
+/**
+ * The streaming form of elementwiseKernel, for inputs that are all full-shape
+ * (`f`) or single values (`s`) and a size that is a multiple of 4: vec4 loads
+ * and stores, 16 elements per invocation, the same scalar `expr` per lane (so
+ * results equal the scalar kernel's). Params: n4 (vec4s), alpha.
+ */
+export const elementwiseVec4Kernel = memoKernel((modes: string, expr: string) => {
+  const names = NAMES.slice(0, modes.length);
+  const lane = names.map((x, i) =>
+    modes[i] === "f" ? `let ${x} = v_${x}[l];` : `let ${x} = in_${x}[0];`
+  ).join(" ");
+  const loads = names.map((x, i) => (modes[i] === "f" ? `let v_${x} = in_${x}[j];` : "")).join(" ");
+  return declareKernel<string, string, string>({
+    label: "elementwise",
+    inputs: Object.fromEntries(
+      names.map((x, i) => [`in_${x}`, modes[i] === "f" ? "vec4<f32>" : "f32"]),
+    ),
+    outputs: { out: "vec4<f32>" },
+    params: { n4: "u32", alpha: "f32" },
+    grid: "elements",
+    workgroupSize: [WG],
+    main: `
+  let j0 = flat_index(gid, nwg) * ${EW_VEC_ELEMENTS / 4}u;
+  let alpha = params.alpha;
+  for (var j = j0; j < min(j0 + ${EW_VEC_ELEMENTS / 4}u, params.n4); j++) {
+    ${loads}
+    var r: vec4<f32>;
+    for (var l = 0u; l < 4u; l++) { ${lane} r[l] = ${expr}; }
+    out[j] = r;
+  }`,
+  });
+});
+
 /** Strided copy: dst[dstOffset + sum idx*dstStrides] = src[srcOffset + sum idx*srcStrides]. */
 export const stridedCopyKernel = memoKernel((word: "f32" | "u32") =>
   declareKernel({

@@ -319,3 +319,58 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "elementwise ops take the vec4 streaming kernel on sizes that are multiples of 4 and match the CPU reference",
+  ...gpuTest,
+  fn: async () => {
+    const { binaryOps, elementwiseReference, scalarOps, unaryOps } = await import(
+      "../engine/ops/elementwise.ts"
+    );
+    for (const n of [4, 20, 64, 1000]) {
+      const x = randArray([n], 1, "positive");
+      const y = randArray([n], 2, "positive");
+      const one = randArray([1], 3, "positive");
+      dev.dispatchCounts.clear();
+      for (const op of Object.keys(unaryOps) as (keyof typeof unaryOps)[]) {
+        const got = await (ops as unknown as Record<string, (t: Tensor) => Tensor>)[op](toTensor(x))
+          .toArray();
+        assertClose(
+          got,
+          elementwiseReference.unary(op, x).data,
+          { atol: 1e-5, rtol: 1e-4 },
+          `${op} n=${n}`,
+        );
+      }
+      for (const op of Object.keys(scalarOps) as (keyof typeof scalarOps)[]) {
+        const got = await (ops as unknown as Record<string, (t: Tensor, s: number) => Tensor>)[op](
+          toTensor(x),
+          1.25,
+        )
+          .toArray();
+        assertClose(
+          got,
+          elementwiseReference.scalar(op, x, 1.25).data,
+          { atol: 1e-5, rtol: 1e-4 },
+          `${op} n=${n}`,
+        );
+      }
+      for (const op of Object.keys(binaryOps) as (keyof typeof binaryOps)[]) {
+        for (const b of [y, one]) {
+          const got = await (ops as unknown as Record<string, (a: Tensor, b: Tensor) => Tensor>)
+            [op](
+              toTensor(x),
+              toTensor(b),
+            ).toArray();
+          assertClose(
+            got,
+            elementwiseReference.binary(op, x, b).data,
+            { atol: 1e-5, rtol: 1e-4 },
+            `${op} n=${n}`,
+          );
+        }
+      }
+    }
+  },
+});

@@ -4,7 +4,11 @@
  * every op file (and autograd.ts) may import it without a cycle.
  * @module
  */
-import { elementwiseKernel, type ReadMode } from "../../kernels/elementwise.ts";
+import {
+  elementwiseKernel,
+  elementwiseVec4Kernel,
+  type ReadMode,
+} from "../../kernels/elementwise.ts";
 import { MAX_RANK } from "../../kernels/common.ts";
 import { reduceKernel, reduceLoopKernel } from "../../kernels/reduce.ts";
 import { launch } from "../launch.ts";
@@ -24,6 +28,13 @@ export function elementwise(name: string, inputs: Tensor[], expr: string, alpha 
   ).join("");
   const names = ["in_a", "in_b", "in_c"];
   const buffers: Record<string, Tensor> = { out };
+  if (!modes.includes("b") && out.size % 4 === 0) {
+    // streaming: vec4 loads and stores, 16 elements per invocation
+    inputs.forEach((t, k) => buffers[names[k]] = t);
+    const n4 = out.size / 4;
+    launch(elementwiseVec4Kernel(modes, expr), buffers, { n4, alpha }, Math.ceil(n4 / 4), name);
+    return out;
+  }
   const params: Record<string, number | number[]> = {
     n: out.size,
     rank: shape.length,
