@@ -7,7 +7,7 @@
  * @module
  */
 import { device } from "../device.ts";
-import { attention, attentionBias, linear, rmsNorm, ropeTables } from "../nn.ts";
+import { attention, attentionBias, cachedAttention, linear, rmsNorm, ropeTables } from "../nn.ts";
 import {
   add,
   concat,
@@ -172,8 +172,8 @@ export class KVCache {
     this.values = Array.from({ length: config.numLayers }, () => keep(Tensor.empty(this.#shape)));
   }
 
-  /** Writes k, v (B, Hkv, T, D) at the current length; returns all cached (B, Hkv, length+T, D). */
-  append(layer: number, k: Tensor, v: Tensor): [Tensor, Tensor] {
+  /** Writes k, v (B, Hkv, T, D) at the current length (which the forward then advances). */
+  write(layer: number, k: Tensor, v: Tensor): void {
     const [B, Hkv, T, D] = k.shape;
     const S = this.length + T;
     if (S > this.maxLength) throw new Error(`KVCache: ${S} tokens exceed its ${this.maxLength}`);
@@ -181,7 +181,6 @@ export class KVCache {
     const src = [Hkv * T * D, T * D, D, 1];
     stridedCopy(k, 0, src, this.keys[layer], this.length * D, strides, [B, Hkv, T, D]);
     stridedCopy(v, 0, src, this.values[layer], this.length * D, strides, [B, Hkv, T, D]);
-    return [slice(this.keys[layer], 2, 0, S), slice(this.values[layer], 2, 0, S)];
   }
 
   dispose(): void {
@@ -357,10 +356,13 @@ export class DecoderLM implements CausalLM {
     this.#layers.forEach((L, i) => {
       const h = rmsNorm(x, L.inputNorm, c.rmsNormEps);
       const q = rope(heads(chunkedLinear(h, L.q, L.qBias), c.numHeads, L.qNorm), cos, sin);
-      let k = rope(heads(chunkedLinear(h, L.k, L.kBias), c.numKvHeads, L.kNorm), cos, sin);
-      let v = heads(chunkedLinear(h, L.v, L.vBias), c.numKvHeads, null);
-      if (cache) [k, v] = cache.append(i, k, v);
-      const a = permute(attention(q, k, v, bias, scale), [0, 2, 1, 3]); // (B, T, H, D)
+      const k = rope(heads(chunkedLinear(h, L.k, L.kBias), c.numKvHeads, L.kNorm), cos, sin);
+      const v = heads(chunkedLinear(h, L.v, L.vBias), c.numKvHeads, null);
+      cache?.write(i, k, v);
+      const attended = cache
+        ? cachedAttention(q, cache.keys[i], cache.values[i], S, bias, scale) // reads in place
+        : attention(q, k, v, bias, scale);
+      const a = permute(attended, [0, 2, 1, 3]); // (B, T, H, D)
       x = add(x, chunkedLinear(reshape(a, [B, T, c.numHeads * c.headDim]), L.o));
       const h2 = rmsNorm(x, L.postNorm, c.rmsNormEps);
       x = add(
