@@ -8,7 +8,7 @@
  */
 import { elementwise } from "./ops/_raw.ts";
 import { fill } from "./ops/fill.ts";
-import { gradEnabled, keep, noGrad, tidy } from "./scope.ts";
+import { gradEnabled, keep, noGrad, tidy, withGrad } from "./scope.ts";
 import { type GradNode, installBackward, type Tensor } from "./tensor.ts";
 
 /** Records `node` as the creator of `out` when grad mode is on and an input needs grad. */
@@ -113,3 +113,33 @@ export function backward(root: Tensor, grad?: Tensor): void {
 }
 
 installBackward(backward);
+
+/**
+ * Activation recomputation: y = fn(x) computed with no tape, so none of fn's
+ * intermediates stay alive for backward; only x does. The backward runs
+ * fn(x) again with the tape on and backpropagates the incoming gradient
+ * through it: `params` (what fn reads that needs a gradient) get their .grad
+ * there, x's gradient flows on. The gradients are those of fn(x) taped
+ * directly: the same kernels on the same values.
+ */
+export function checkpoint(fn: (x: Tensor) => Tensor, x: Tensor, params: Tensor[]): Tensor {
+  if (!gradEnabled() || !(x.requiresGrad || params.some((p) => p.requiresGrad))) return fn(x);
+  const y = tidy(() => noGrad(() => fn(x)));
+  return record(y, {
+    op: "checkpoint",
+    inputs: [x, ...params],
+    backward: (g) => {
+      const dx = withGrad(() =>
+        tidy(() => {
+          const xr = x.view(x.shape); // a leaf standing for x in the recomputed graph
+          xr.requiresGrad = x.requiresGrad;
+          backward(fn(xr), g);
+          const d = xr.grad;
+          xr.grad = null;
+          return d;
+        })
+      );
+      return [dx, ...params.map(() => null)];
+    },
+  });
+}

@@ -135,6 +135,8 @@ export class Device {
   liveBytes = 0;
   /** Bytes held by the pool in total (live + cached). */
   pooledBytes = 0;
+  /** The most live bytes since the last resetPeak() (memory accounting). */
+  peakLiveBytes = 0;
   /** Submissions so far (for tests and benchmarks). */
   submits = 0;
   /** Readbacks (read calls) so far, each a wait of about 11 ms in Deno (for benchmarks). */
@@ -250,7 +252,13 @@ export class Device {
   alloc(bytes: number): GPUBuffer {
     const buf = this.#acquire(Math.max(bytes, 4), STORAGE_USAGE);
     this.liveBytes += buf.size;
+    if (this.liveBytes > this.peakLiveBytes) this.peakLiveBytes = this.liveBytes;
     return buf;
+  }
+
+  /** Starts a new peak of live bytes from now. */
+  resetPeak(): void {
+    this.peakLiveBytes = this.liveBytes;
   }
 
   /** Returns a storage buffer to the pool. */

@@ -96,6 +96,17 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
+/** Runs fn recording gradients even inside noGrad (a recomputation inside backward). */
+export function withGrad<T>(fn: () => T): T {
+  const saved = gradDepth;
+  gradDepth = 0;
+  try {
+    return fn();
+  } finally {
+    gradDepth = saved;
+  }
+}
+
 /** True when ops should record the tape. */
 export function gradEnabled(): boolean {
   return gradDepth === 0;

@@ -60,6 +60,7 @@ ${DEMO_HELD_OUT} held-out problems).
   --batch-size N           prompts per step (default ${DEFAULTS.batchSize})
   --n-samples N            EM-FT/EM-RL responses per prompt (default ${DEFAULTS.nSamples})
   --micro-batch N          sequences per forward/backward; gradients accumulate (default ${DEFAULTS.microBatch})
+  --recompute              keep only each decoder layer's input for backward and recompute the layer
   --lr X                   AdamW learning rate (default ${DEFAULTS.lr})
   --warmup N               linear warm-up steps (default 0)
   --schedule constant|cosine   after warm-up (default constant)
@@ -137,7 +138,7 @@ export function parseTrainFlags(
 ): { options: TrainOptions; flags: Flags; demo: boolean } {
   const flags = parseArgs(args, {
     string: STRING_FLAGS,
-    boolean: ["chat", "resume", "overwrite", "no-weight-check", "help"],
+    boolean: ["chat", "resume", "overwrite", "no-weight-check", "recompute", "help"],
   }) as Flags;
   const demo = flags.model === undefined && flags.data === undefined;
   const method = (flags.method ?? DEFAULTS.method) as string;
@@ -196,6 +197,7 @@ export function parseTrainFlags(
     evalEvery: numberFlag(flags, "eval-every", is.nonNegativeInt) ?? base.evalEvery,
     saveEvery: numberFlag(flags, "save-every", is.nonNegativeInt) ?? base.saveEvery,
     stopOnCollapse: numberFlag(flags, "stop-on-collapse", is.fraction) ?? base.stopOnCollapse,
+    recompute: flags.recompute === true,
     chat: flags.chat === true,
     outDir: typeof flags.out === "string"
       ? flags.out

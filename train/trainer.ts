@@ -59,6 +59,8 @@ export interface TrainOptions {
   seed: number;
   evalEvery: number;
   saveEvery: number;
+  /** Activation recomputation: keep only each layer's input, recompute the layer in backward. */
+  recompute: boolean;
   /** Stop when an evaluation's score falls below this fraction of the best so far (0 = off). */
   stopOnCollapse: number;
   chat: boolean;
@@ -94,6 +96,7 @@ export const DEFAULTS: TrainOptions = {
   seed: 0,
   evalEvery: 0,
   saveEvery: 0,
+  recompute: false,
   stopOnCollapse: 0,
   chat: false,
   outDir: "runs/em-ft",
@@ -183,6 +186,7 @@ export function accumulateGradients(
   objective: Objective,
   microBatch: number,
   rows: number[] = Array.from({ length: batch.rows }, (_, i) => i),
+  recompute = false,
 ): Accumulated {
   const T = batch.length;
   // scored positions are row-major: each row's are one run of batch.positions
@@ -212,6 +216,7 @@ export function accumulateGradients(
     const [loss, sums] = tidy(() => {
       const hidden = model.hidden(Tensor.from(ids, [micro.length, T], { dtype: "i32" }), {
         attentionMask: mask,
+        recompute,
       });
       const chunkSums: Record<string, Tensor[]> = {};
       const loss = model.headAt(hidden, at, (logits, from, to) => {
@@ -437,7 +442,7 @@ export async function train(
       for (const rows of updates) {
         opt.lr = lr;
         opt.zeroGrad();
-        const acc = accumulateGradients(model, batch, objective, o.microBatch, rows);
+        const acc = accumulateGradients(model, batch, objective, o.microBatch, rows, o.recompute);
         if (acc.count === 0) {
           throw new Error(
             `step ${step}: no response tokens to train on (max-new-tokens too small?)`,

@@ -6,6 +6,7 @@
  * Weights too large for one storage binding are row chunks.
  * @module
  */
+import { checkpoint } from "../autograd.ts";
 import { device } from "../device.ts";
 import { attention, attentionBias, cachedAttention, linear, rmsNorm, ropeTables } from "../nn.ts";
 import {
@@ -106,6 +107,8 @@ export interface ForwardOptions {
   positionIds?: ArrayLike<number>;
   /** Keys and values of earlier tokens; the new ones are appended. */
   cache?: KVCache;
+  /** Activation recomputation: keep only each layer's input for backward (training). */
+  recompute?: boolean;
 }
 
 /** Generation defaults read from generation_config.json. */
@@ -206,6 +209,11 @@ interface Layer {
   gate: Chunked;
   up: Chunked;
   down: Chunked;
+}
+
+/** Every weight tensor of a layer. */
+function layerTensors(L: Layer): Tensor[] {
+  return Object.values(L).flatMap((v) => (v === null ? [] : Array.isArray(v) ? v : [v]));
 }
 
 /** x·Wᵀ + b with W split by output rows: the chunks' outputs are concatenated. */
@@ -352,8 +360,7 @@ export class DecoderLM implements CausalLM {
       if (norm) h = rmsNorm(h, norm, c.rmsNormEps);
       return permute(h, [0, 2, 1, 3]); // (B, n, T, D)
     };
-    let x = this.embed(ids); // (B, T, C)
-    this.#layers.forEach((L, i) => {
+    const layer = (L: Layer, i: number) => (x: Tensor): Tensor => {
       const h = rmsNorm(x, L.inputNorm, c.rmsNormEps);
       const q = rope(heads(chunkedLinear(h, L.q, L.qBias), c.numHeads, L.qNorm), cos, sin);
       const k = rope(heads(chunkedLinear(h, L.k, L.kBias), c.numKvHeads, L.kNorm), cos, sin);
@@ -363,12 +370,19 @@ export class DecoderLM implements CausalLM {
         ? cachedAttention(q, cache.keys[i], cache.values[i], S, bias, scale) // reads in place
         : attention(q, k, v, bias, scale);
       const a = permute(attended, [0, 2, 1, 3]); // (B, T, H, D)
-      x = add(x, chunkedLinear(reshape(a, [B, T, c.numHeads * c.headDim]), L.o));
-      const h2 = rmsNorm(x, L.postNorm, c.rmsNormEps);
-      x = add(
-        x,
+      const x1 = add(x, chunkedLinear(reshape(a, [B, T, c.numHeads * c.headDim]), L.o));
+      const h2 = rmsNorm(x1, L.postNorm, c.rmsNormEps);
+      return add(
+        x1,
         chunkedLinear(mul(silu(chunkedLinear(h2, L.gate)), chunkedLinear(h2, L.up)), L.down),
       );
+    };
+    let x = this.embed(ids); // (B, T, C)
+    this.#layers.forEach((L, i) => {
+      // --recompute: keep only each layer's input; backward recomputes the layer
+      x = options.recompute && !cache
+        ? checkpoint(layer(L, i), x, layerTensors(L))
+        : layer(L, i)(x);
     });
     if (cache) cache.length = S;
     return rmsNorm(x, this.#byName.get(c.names.finalNorm)!.chunks[0], c.rmsNormEps);
