@@ -469,3 +469,31 @@ Deno.test({
     await Deno.remove(dir, { recursive: true });
   },
 });
+
+Deno.test({
+  name:
+    "the trainer reports GPU memory by category (weights, optimizer, reference, rollouts, update) and RSS",
+  ...gpuTest,
+  fn: async () => {
+    const dir = await tinyModelWithTokenizer("em_rl_memline_");
+    const model = await loadModel(dir, { trainable: true });
+    const weights = model.tensors().reduce((n, t) => n + t.buffer.size, 0);
+    const lines: string[] = [];
+    const r = await train(model, new DemoSource(2), { ...quick, steps: 2, outDir: `${dir}/run` }, {
+      log: (l) => lines.push(l),
+    });
+    const m = r.history[0];
+    assertEquals(m.weightBytes, weights);
+    assertEquals(m.optimizerBytes, 2 * weights, "AdamW's m and v");
+    assertEquals(m.referenceBytes, weights, "EM-RL's frozen reference");
+    assert(m.rolloutPeakBytes > 0 && m.updatePeakBytes > m.gradientBytes, JSON.stringify(m));
+    assert(m.rssBytes > 0);
+    assertEquals(
+      lines.filter((l) => l.startsWith("memory @ step")).length,
+      2,
+      "at step 1 and the end",
+    );
+    model.dispose();
+    await Deno.remove(dir, { recursive: true });
+  },
+});

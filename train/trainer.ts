@@ -14,6 +14,7 @@ import { atomicWrite, recoverDirectory } from "../engine/atomic.ts";
 import { loadModel, saveModel } from "../engine/model/checkpoint.ts";
 import { type CausalLM, frozenCopy } from "../engine/model/decoder.ts";
 import { concat, entropy, mulScalar, sum } from "../engine/ops/mod.ts";
+import { device } from "../engine/device.ts";
 import { AdamW, clipGradNorm } from "../engine/optim.ts";
 import { Rng } from "../engine/random.ts";
 import {
@@ -405,6 +406,9 @@ export async function train(
     for (let step = start + 1; step <= o.steps; step++) {
       await hooks.beforeStep?.(step, model);
       const stepStart = performance.now();
+      const dev = device();
+      const liveAtStart = dev.liveBytes;
+      dev.resetPeak();
       const examples = source.next(o.batchSize);
       const lastGood = checkpoint
         ? `The last good checkpoint is ${checkpoint}.`
@@ -431,6 +435,9 @@ export async function train(
         );
       }
       const rolloutSeconds = (performance.now() - stepStart) / 1000;
+      const rolloutPeak = dev.peakLiveBytes - liveAtStart; // KV cache + rollout activations
+      const liveAtUpdate = dev.liveBytes;
+      dev.resetPeak();
       const lr = learningRate(o, step);
       const updates = objective.updates?.(batch) ??
         [Array.from({ length: batch.rows }, (_, i) => i)];
@@ -473,6 +480,17 @@ export async function train(
         trained += rows.reduce((t, r) => t + sumOf(batch.mask, r * batch.length, batch.length), 0);
       }
       last = step;
+      const memory = {
+        weightBytes: bytesOf(params),
+        optimizerBytes: bytesOf([...opt.m, ...opt.v]),
+        referenceBytes: reference ? bytesOf(reference.tensors()) : 0,
+        rolloutPeakBytes: rolloutPeak,
+        // gradients (one f32 per parameter) and activations kept for backward, at their peak
+        updatePeakBytes: dev.peakLiveBytes - liveAtUpdate,
+        gradientBytes: params.reduce((n, p) => n + 4 * p.size, 0),
+        pooledBytes: dev.pooledBytes,
+        rssBytes: Deno.memoryUsage().rss,
+      };
       const seconds = (performance.now() - stepStart) / 1000;
       const updateSeconds = seconds - rolloutSeconds;
       const tokens = sumOf(batch.mask, 0, batch.mask.length);
@@ -491,6 +509,7 @@ export async function train(
         updateSeconds,
         updateTokensPerSecond: trained / updateSeconds,
         ...batch.metrics,
+        ...memory,
         ...Object.fromEntries(Object.entries(stats).map(([k, v]) => [k, v / positions])),
       };
       history.push(metrics);
@@ -511,6 +530,7 @@ export async function train(
           elapsed.toFixed(0)
         }s  eta ${eta.toFixed(0)}s`,
       );
+      if (step === start + 1 || step === o.steps) log(memoryLine(step, memory));
       if (o.saveEvery > 0 && step % o.saveEvery === 0 && step < o.steps) {
         checkpoint = `${o.outDir}/${CHECKPOINT}`;
         await save(checkpoint, step);
@@ -555,6 +575,24 @@ async function truncateMetrics(path: string, step: number): Promise<void> {
 
 async function appendJsonl(path: string, value: unknown): Promise<void> {
   await Deno.writeTextFile(path, JSON.stringify(value) + "\n", { append: true });
+}
+
+function bytesOf(ts: Tensor[]): number {
+  return ts.reduce((n, t) => n + t.buffer.size, 0);
+}
+
+/** GPU memory by category, and the process's RSS. */
+function memoryLine(step: number, m: Record<string, number>): string {
+  const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+  return `memory @ step ${step}: weights ${mib(m.weightBytes)}, optimizer state ${
+    mib(m.optimizerBytes)
+  }${
+    m.referenceBytes ? `, reference ${mib(m.referenceBytes)}` : ""
+  }, rollouts (KV cache + activations) peak ${mib(m.rolloutPeakBytes)}, update peak ${
+    mib(m.updatePeakBytes)
+  } (gradients ${mib(m.gradientBytes)} + activations ${
+    mib(Math.max(0, m.updatePeakBytes - m.gradientBytes))
+  }); pool ${mib(m.pooledBytes)}; process RSS ${mib(m.rssBytes)}`;
 }
 
 /** Short names in the progress line. */
