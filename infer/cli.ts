@@ -54,7 +54,7 @@ export async function main(args: string[]): Promise<number> {
       boolean: ["chat", "greedy", "no-thinking", "em-inf", "no-weight-check", "help"],
     });
   } catch (e) {
-    console.error(`error: ${(e as Error).message}\n\n${HELP}`);
+    console.error(`error: ${(e as Error).message}\n\nRun with --help for the flags.`);
     return 2;
   }
   if (flags.help) {
