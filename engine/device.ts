@@ -430,11 +430,28 @@ export class Device {
    * kernel reported bad input (errorBuffer) since the last read.
    */
   async read(buf: GPUBuffer, bytes: number, offset = 0): Promise<ArrayBuffer> {
+    return (await this.readMany([{ buffer: buf, bytes, offset }]))[0];
+  }
+
+  /**
+   * Reads several buffers back with one copy into one staging buffer and one
+   * map: one wait (about 11 ms in Deno) however many there are.
+   */
+  async readMany(
+    parts: { buffer: GPUBuffer; bytes: number; offset?: number }[],
+  ): Promise<ArrayBuffer[]> {
     this.reads++;
-    const aligned = Math.ceil(bytes / 4) * 4;
-    const staging = this.#acquire(aligned + ERROR_BYTES, READ_USAGE);
-    this.copy(buf, offset, staging, 0, aligned);
-    this.copy(this.errorBuffer, 0, staging, aligned, ERROR_BYTES);
+    const at: number[] = [];
+    let total = 0;
+    for (const p of parts) {
+      at.push(total);
+      total += Math.ceil(p.bytes / 4) * 4;
+    }
+    const staging = this.#acquire(total + ERROR_BYTES, READ_USAGE);
+    parts.forEach((p, k) => {
+      this.copy(p.buffer, p.offset ?? 0, staging, at[k], Math.ceil(p.bytes / 4) * 4);
+    });
+    this.copy(this.errorBuffer, 0, staging, total, ERROR_BYTES);
     this.flush();
     try {
       await staging.mapAsync(GPUMapMode.READ, 0, staging.size);
@@ -444,8 +461,8 @@ export class Device {
     }
     this.#check();
     const mapped = staging.getMappedRange(0, staging.size);
-    const out = mapped.slice(0, bytes);
-    const errors = new Int32Array(mapped.slice(aligned, aligned + ERROR_BYTES));
+    const out = parts.map((p, k) => mapped.slice(at[k], at[k] + p.bytes));
+    const errors = new Int32Array(mapped.slice(total, total + ERROR_BYTES));
     staging.unmap();
     this.#release(staging, READ_USAGE);
     if (errors[ERROR_SLOTS.badTokenCount] !== 0) {

@@ -4,6 +4,7 @@
  * and feeds the sampled ids straight back; only the new ids are read back.
  * @module
  */
+import { device } from "../engine/device.ts";
 import type { CausalLM } from "../engine/model/decoder.ts";
 import { entropy, reshape, slice } from "../engine/ops/mod.ts";
 import { Rng } from "../engine/random.ts";
@@ -129,10 +130,11 @@ export async function generate(
   const grow = options.readEvery === undefined;
   /** Reads the unread steps' ids; returns true when every row has finished. */
   const readBack = async (): Promise<boolean> => {
-    const [bad, ...all] = await Promise.all([
-      unusable.toArray(),
-      ...unread.map((t) => t.toArray()),
-    ]);
+    // one readback for the whole group: the flags and every unread step's ids
+    const raw = await device().readMany(
+      [unusable, ...unread].map((t) => ({ buffer: t.buffer, bytes: t.byteLength })),
+    );
+    const [bad, ...all] = raw.map((r) => new Int32Array(r));
     unread.forEach((t) => t.dispose());
     unread.length = 0;
     for (const newIds of all) {
@@ -182,7 +184,10 @@ export async function generate(
   }
   let entropies: number[][] | undefined;
   if (options.returnEntropies) {
-    const all = await Promise.all(stepEntropies.slice(0, steps).map((t) => t.toArray()));
+    const used = stepEntropies.slice(0, steps);
+    const all =
+      (await device().readMany(used.map((t) => ({ buffer: t.buffer, bytes: t.byteLength }))))
+        .map((r) => new Float32Array(r));
     entropies = tokens.map((row, b) => row.map((_, s) => all[s][b]));
   }
   stepEntropies.forEach((t) => t.dispose());

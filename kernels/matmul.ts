@@ -203,13 +203,14 @@ fn store(row: u32, n0: u32, N: u32, lo: vec4<f32>, hi: vec4<f32>) {
 
 /**
  * Decode-shaped products (few rows): c (M, N) = a (M, K) · bᵀ with b (N, K)
- * row-major, as a linear layer's weight is stored. One invocation per row m
- * and 4 output columns: it streams 4 weight rows along K as vec4 (bf16/f16
- * weights unpacked, so half the bytes) and dots them with a's row. Every
- * weight is read once per row, with none of the 8x8 tile's idle rows.
+ * row-major, as a linear layer's weight is stored. One invocation per `rows`
+ * rows (1 or 4) and 4 output columns: it streams 4 weight rows along K as
+ * vec4 (bf16/f16 weights unpacked, so half the bytes), reading every weight
+ * once per `rows` rows, with none of the 8x8 tile's idle rows. The
+ * multiply-adds are the 8x8 kernel's, in its order: results are bit-identical.
  * Needs K % 4 == 0.
  */
-export const gemvKernel = memoKernel((bType: "f32" | "bf16" | "f16") => {
+export const gemvKernel = memoKernel((bType: "f32" | "bf16" | "f16", rows: 1 | 4) => {
   const ldb4 = bType === "f32"
     ? `fn ldb4(i: u32) -> vec4<f32> { return b[i / 4u]; }`
     : `fn half2(w: u32) -> vec2<f32> {
@@ -220,6 +221,7 @@ export const gemvKernel = memoKernel((bType: "f32" | "bf16" | "f16") => {
     }
 }
 fn ldb4(i: u32) -> vec4<f32> { return vec4<f32>(half2(b[i / 2u]), half2(b[i / 2u + 1u])); }`;
+  const R = Array.from({ length: rows }, (_, r) => r);
   return declareKernel({
     label: "gemv",
     inputs: { a4: "vec4<f32>", b: bType === "f32" ? "vec4<f32>" : "u32" },
@@ -232,24 +234,34 @@ fn ldb4(i: u32) -> vec4<f32> { return vec4<f32>(half2(b[i / 2u]), half2(b[i / 2u
   let i = flat_index(gid, nwg);
   let M = params.M; let N = params.N; let K = params.K;
   let blocks = (N + 3u) / 4u;
-  if (i >= M * blocks) { return; }
-  let m = i / blocks;
+  if (i >= ((M + ${rows - 1}u) / ${rows}u) * blocks) { return; }
+  // rows past M re-read row M-1 and columns past N column N-1 (valid memory), unstored
+  let m0 = (i / blocks) * ${rows}u;
   let n0 = (i % blocks) * 4u;
-  // columns past N re-read column N-1 (valid memory); their results are not stored
   let r0 = min(n0, N - 1u) * K; let r1 = min(n0 + 1u, N - 1u) * K;
   let r2 = min(n0 + 2u, N - 1u) * K; let r3 = min(n0 + 3u, N - 1u) * K;
-  // the same multiply-adds, in the same order, as the 8x8 kernel: results are bit-identical
-  var acc = vec4<f32>(0.0);
+  ${
+      R.map((r) => `let x${r} = min(m0 + ${r}u, M - 1u) * K; var c${r} = vec4<f32>(0.0);`).join(
+        "\n  ",
+      )
+    }
   for (var k = 0u; k < K; k += 4u) {
-    let x = a4[(m * K + k) / 4u];
     let w0 = ldb4(r0 + k); let w1 = ldb4(r1 + k); let w2 = ldb4(r2 + k); let w3 = ldb4(r3 + k);
-    acc += x.x * vec4<f32>(w0.x, w1.x, w2.x, w3.x);
-    acc += x.y * vec4<f32>(w0.y, w1.y, w2.y, w3.y);
-    acc += x.z * vec4<f32>(w0.z, w1.z, w2.z, w3.z);
-    acc += x.w * vec4<f32>(w0.w, w1.w, w2.w, w3.w);
+    let bx = vec4<f32>(w0.x, w1.x, w2.x, w3.x); let by = vec4<f32>(w0.y, w1.y, w2.y, w3.y);
+    let bz = vec4<f32>(w0.z, w1.z, w2.z, w3.z); let bw = vec4<f32>(w0.w, w1.w, w2.w, w3.w);
+    ${
+      R.map((r) =>
+        `let a${r} = a4[(x${r} + k) / 4u];
+    c${r} += a${r}.x * bx; c${r} += a${r}.y * by; c${r} += a${r}.z * bz; c${r} += a${r}.w * bw;`
+      ).join("\n    ")
+    }
   }
-  for (var j = 0u; j < 4u; j++) {
-    if (n0 + j < N) { c[m * N + n0 + j] = acc[j]; }
-  }`,
+  ${
+      R.map((r) =>
+        `if (m0 + ${r}u < M) {
+    for (var j = 0u; j < 4u; j++) { if (n0 + j < N) { c[(m0 + ${r}u) * N + n0 + j] = c${r}[j]; } }
+  }`
+      ).join("\n  ")
+    }`,
   });
 });
