@@ -68,6 +68,15 @@ export {
 export type { CausalLM as QwenModel } from "./engine/model/decoder.ts";
 export { parseQwenConfig, QWEN_NAMES, type QwenConfig } from "./engine/model/qwen.ts";
 export {
+  type Adapter,
+  LORA_TARGETS,
+  LoraAdapters,
+  type LoraOptions,
+  type LoraTarget,
+  withLora,
+} from "./engine/model/lora.ts";
+export { checkpoint } from "./engine/autograd.ts";
+export {
   loadModel,
   type LoadOptions,
   parseConfig,

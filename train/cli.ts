@@ -8,8 +8,9 @@
 import { is, numberFlag, parseArgs, type ParsedArgs } from "@std/cli";
 import { recoverDirectory } from "../engine/atomic.ts";
 import { initDeviceOrExplain } from "../engine/device.ts";
-import { loadModel } from "../engine/model/checkpoint.ts";
-import type { CausalLM } from "../engine/model/decoder.ts";
+import { loadModel, saveModel } from "../engine/model/checkpoint.ts";
+import type { CausalLM, DecoderLM } from "../engine/model/decoder.ts";
+import { LORA_TARGETS, LoraAdapters, parseLoraTargets } from "../engine/model/lora.ts";
 import { DEMO_HELD_OUT, DEMO_MAX_NEW_TOKENS, DEMO_MODEL, heldOutProblems } from "../demo/task.ts";
 import { accuracy, type DemoScores, evaluateDemo } from "../demo/evaluate.ts";
 import {
@@ -61,6 +62,10 @@ ${DEMO_HELD_OUT} held-out problems).
   --n-samples N            EM-FT/EM-RL responses per prompt (default ${DEFAULTS.nSamples})
   --micro-batch N          sequences per forward/backward; gradients accumulate (default ${DEFAULTS.microBatch})
   --recompute              keep only each decoder layer's input for backward and recompute the layer
+  --lora-rank R            train LoRA adapters of rank R on a frozen base kept in its stored dtype
+  --lora-alpha A           LoRA scale alpha / R (default 2 R)
+  --lora-targets LIST      q,k,v,o,gate,up,down (default all); checkpoints are PEFT adapters
+  --merge                  with LoRA: also write OUT/merged, the base with the adapters folded in
   --lr X                   AdamW learning rate (default ${DEFAULTS.lr})
   --warmup N               linear warm-up steps (default 0)
   --schedule constant|cosine   after warm-up (default constant)
@@ -124,6 +129,9 @@ const STRING_FLAGS = [
   "ppo-epochs",
   "ppo-mini-batch",
   "kl-coef",
+  "lora-rank",
+  "lora-alpha",
+  "lora-targets",
 ];
 
 type Flags = ParsedArgs;
@@ -138,7 +146,7 @@ export function parseTrainFlags(
 ): { options: TrainOptions; flags: Flags; demo: boolean } {
   const flags = parseArgs(args, {
     string: STRING_FLAGS,
-    boolean: ["chat", "resume", "overwrite", "no-weight-check", "recompute", "help"],
+    boolean: ["chat", "resume", "overwrite", "no-weight-check", "recompute", "merge", "help"],
   }) as Flags;
   const demo = flags.model === undefined && flags.data === undefined;
   const method = (flags.method ?? DEFAULTS.method) as string;
@@ -198,6 +206,12 @@ export function parseTrainFlags(
     saveEvery: numberFlag(flags, "save-every", is.nonNegativeInt) ?? base.saveEvery,
     stopOnCollapse: numberFlag(flags, "stop-on-collapse", is.fraction) ?? base.stopOnCollapse,
     recompute: flags.recompute === true,
+    loraRank: numberFlag(flags, "lora-rank", is.nonNegativeInt) ?? 0,
+    loraAlpha: numberFlag(flags, "lora-alpha", is.positive) ??
+      2 * (numberFlag(flags, "lora-rank", is.nonNegativeInt) ?? 0),
+    loraTargets: parseLoraTargets(
+      typeof flags["lora-targets"] === "string" ? flags["lora-targets"] : LORA_TARGETS.join(","),
+    ),
     chat: flags.chat === true,
     outDir: typeof flags.out === "string"
       ? flags.out
@@ -214,6 +228,15 @@ export function parseTrainFlags(
     throw new Error(
       "--estimator rloo needs --n-samples >= 2 (it compares each rollout with the others of its prompt)",
     );
+  }
+  if (
+    options.loraRank === 0 &&
+    (flags["lora-alpha"] !== undefined || flags["lora-targets"] !== undefined)
+  ) {
+    throw new Error("--lora-alpha and --lora-targets need --lora-rank R");
+  }
+  if (flags.merge && options.loraRank === 0 && !flags.resume) {
+    throw new Error("--merge folds LoRA adapters into the weights: it needs --lora-rank R");
   }
   if (options.stopOnCollapse > 0 && options.evalEvery === 0) {
     throw new Error("--stop-on-collapse needs --eval-every N (it watches validation accuracy)");
@@ -247,6 +270,10 @@ function table(before: DemoScores, after: DemoScores): string {
 
 /** What a run leaves in its output directory. */
 const RUN_FILES = ["metrics.jsonl", "checkpoint", "best"];
+
+async function exists(path: string): Promise<boolean> {
+  return (await pathKind(path)) !== null;
+}
 
 async function pathKind(path: string): Promise<"file" | "dir" | null> {
   try {
@@ -353,10 +380,30 @@ export async function main(args: string[]): Promise<number> {
       }
     }
     const modelDir = flags.resume ? checkpointDir : modelFlag ?? DEMO_MODEL;
-    model = await loadModel(modelDir, {
-      trainable: true,
+    // LoRA: a resumed run's checkpoint holds adapters; its base is named in trainer_state.json
+    let adapterDir: string | null = null;
+    let baseDir = modelDir;
+    if (flags.resume && await exists(`${checkpointDir}/adapter_config.json`)) {
+      const state = JSON.parse(await Deno.readTextFile(`${checkpointDir}/trainer_state.json`));
+      adapterDir = checkpointDir;
+      baseDir = state.loraBase;
+    }
+    const lora = adapterDir !== null || options.loraRank > 0;
+    model = await loadModel(baseDir, {
+      // with LoRA the base stays frozen in its stored precision
+      trainable: !lora,
       checkFinite: !flags["no-weight-check"],
     });
+    if (adapterDir) {
+      (model as DecoderLM).setAdapters(await LoraAdapters.load(adapterDir, model.config));
+    } else if (lora) {
+      (model as DecoderLM).setAdapters(LoraAdapters.create(model.config, {
+        rank: options.loraRank,
+        alpha: options.loraAlpha,
+        targets: options.loraTargets,
+        seed: options.seed,
+      }));
+    }
     if (!model.tokenizer) {
       throw new Error(`${modelDir}/tokenizer.json not found: training needs the model's tokenizer`);
     }
@@ -428,6 +475,11 @@ export async function main(args: string[]): Promise<number> {
         result.best ? `; best (step ${result.best.step}): ${result.best.dir}` : ""
       }`,
     );
+    if (flags.merge) {
+      const merged = `${options.outDir}/merged`;
+      await saveModel(model, merged, { merge: true, copyFrom: model.sourceDir });
+      console.log(`merged checkpoint (base + LoRA): ${merged}`);
+    }
     if (before) {
       const after = await evaluateDemo(model, heldOut, options.seed);
       console.log(`\n${table(before, after)}\n`);

@@ -10,9 +10,15 @@
  * state) are written atomically and resumable.
  * @module
  */
-import { atomicWrite, recoverDirectory } from "../engine/atomic.ts";
+import {
+  atomicWrite,
+  recoverDirectory,
+  replaceDirectory,
+  tempDirectoryBeside,
+} from "../engine/atomic.ts";
 import { loadModel, saveModel } from "../engine/model/checkpoint.ts";
-import { type CausalLM, frozenCopy } from "../engine/model/decoder.ts";
+import { type CausalLM, type DecoderLM, frozenCopy } from "../engine/model/decoder.ts";
+import type { LoraTarget } from "../engine/model/lora.ts";
 import { concat, entropy, mulScalar, sum } from "../engine/ops/mod.ts";
 import { device } from "../engine/device.ts";
 import { AdamW, clipGradNorm } from "../engine/optim.ts";
@@ -62,6 +68,10 @@ export interface TrainOptions {
   saveEvery: number;
   /** Activation recomputation: keep only each layer's input, recompute the layer in backward. */
   recompute: boolean;
+  /** LoRA (CLI): rank (0 = full fine-tuning), alpha, target layers. */
+  loraRank: number;
+  loraAlpha: number;
+  loraTargets: LoraTarget[];
   /** Stop when an evaluation's score falls below this fraction of the best so far (0 = off). */
   stopOnCollapse: number;
   chat: boolean;
@@ -98,6 +108,9 @@ export const DEFAULTS: TrainOptions = {
   evalEvery: 0,
   saveEvery: 0,
   recompute: false,
+  loraRank: 0,
+  loraAlpha: 0,
+  loraTargets: ["q", "k", "v", "o", "gate", "up", "down"],
   stopOnCollapse: 0,
   chat: false,
   outDir: "runs/em-ft",
@@ -295,7 +308,10 @@ export async function train(
   // EM-RL's reference: the initial weights, frozen (a copy, or reloaded from where they came from)
   let reference: CausalLM | null = null;
   let referenceDir: string | null = state?.referenceDir ?? model.sourceDir;
-  if (!hooks.objective && o.method === "em-rl" && o.klCoef > 0) {
+  if (!hooks.objective && o.method === "em-rl" && o.klCoef > 0 && model.adapters) {
+    // with LoRA the reference is the base itself: the same buffers with the adapters off
+    reference = (model as DecoderLM).base();
+  } else if (!hooks.objective && o.method === "em-rl" && o.klCoef > 0) {
     if (!resumeFrom) reference = frozenCopy(model);
     else if (!referenceDir) {
       throw new Error(
@@ -307,7 +323,9 @@ export async function train(
   const objective = hooks.objective ?? objectiveFor(o, reference);
   const eos = model.generation.eosTokenIds;
   const pad = model.generation.padTokenId ?? eos[0] ?? 0;
-  const params = model.tensors();
+  const params = model.trainable();
+  // with LoRA, checkpoints hold the adapters (PEFT format) and name the base they adapt
+  const loraBase: string | null = state?.loraBase ?? model.sourceDir;
   const opt = new AdamW(params, { lr: o.lr, weightDecay: o.weightDecay });
   const sampleRng = new Rng(o.seed + 1);
   let start = 0;
@@ -339,33 +357,42 @@ export async function train(
   let checkpoint: string | null = resumeFrom;
 
   const save = async (dir: string, step: number) => {
+    const extra = async (tmp: string) => {
+      const state: Record<string, { dtype: "F32"; shape: number[]; data: Uint8Array }> = {};
+      for (let i = 0; i < params.length; i++) {
+        for (const [kind, t] of [["m", opt.m[i]], ["v", opt.v[i]]] as const) {
+          const raw = await tensorToRaw(t);
+          state[`${kind}.${i}`] = { dtype: "F32", shape: raw.shape, data: raw.data };
+        }
+      }
+      await writeSafetensors(`${tmp}/optimizer.safetensors`, state);
+      const trainerState = {
+        step,
+        optimizerStep: opt.step,
+        sampleRng: sampleRng.state,
+        source: source.state(),
+        options: o,
+        best,
+        referenceDir,
+        loraBase: model.adapters ? loraBase : null,
+      };
+      await Deno.writeTextFile(
+        `${tmp}/trainer_state.json`,
+        JSON.stringify(trainerState, null, 2) + "\n",
+      );
+    };
+    if (model.adapters) {
+      const tmp = await tempDirectoryBeside(dir);
+      await model.adapters.save(tmp, loraBase);
+      await extra(tmp);
+      await replaceDirectory(tmp, dir);
+      return;
+    }
     await saveModel(model, dir, {
       metadata: { step: String(step), method: o.method },
       // a resumed run's model comes from its own checkpoint, which it may replace (atomically)
       replaceSource: resumeFrom !== null && dir === `${o.outDir}/${CHECKPOINT}`,
-      extra: async (tmp) => {
-        const state: Record<string, { dtype: "F32"; shape: number[]; data: Uint8Array }> = {};
-        for (let i = 0; i < params.length; i++) {
-          for (const [kind, t] of [["m", opt.m[i]], ["v", opt.v[i]]] as const) {
-            const raw = await tensorToRaw(t);
-            state[`${kind}.${i}`] = { dtype: "F32", shape: raw.shape, data: raw.data };
-          }
-        }
-        await writeSafetensors(`${tmp}/optimizer.safetensors`, state);
-        const trainerState = {
-          step,
-          optimizerStep: opt.step,
-          sampleRng: sampleRng.state,
-          source: source.state(),
-          options: o,
-          best,
-          referenceDir,
-        };
-        await Deno.writeTextFile(
-          `${tmp}/trainer_state.json`,
-          JSON.stringify(trainerState, null, 2) + "\n",
-        );
-      },
+      extra,
     });
   };
 
@@ -481,9 +508,11 @@ export async function train(
       }
       last = step;
       const memory = {
-        weightBytes: bytesOf(params),
+        weightBytes: bytesOf(model.tensors()),
+        adapterBytes: model.adapters ? bytesOf(params) : 0,
         optimizerBytes: bytesOf([...opt.m, ...opt.v]),
-        referenceBytes: reference ? bytesOf(reference.tensors()) : 0,
+        // with LoRA the reference is the base's own buffers: nothing extra
+        referenceBytes: reference && !model.adapters ? bytesOf(reference.tensors()) : 0,
         rolloutPeakBytes: rolloutPeak,
         // gradients (one f32 per parameter) and activations kept for backward, at their peak
         updatePeakBytes: dev.peakLiveBytes - liveAtUpdate,
@@ -584,9 +613,9 @@ function bytesOf(ts: Tensor[]): number {
 /** GPU memory by category, and the process's RSS. */
 function memoryLine(step: number, m: Record<string, number>): string {
   const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
-  return `memory @ step ${step}: weights ${mib(m.weightBytes)}, optimizer state ${
-    mib(m.optimizerBytes)
-  }${
+  return `memory @ step ${step}: weights ${mib(m.weightBytes)}${
+    m.adapterBytes ? ` (+ LoRA adapters ${mib(m.adapterBytes)})` : ""
+  }, optimizer state ${mib(m.optimizerBytes)}${
     m.referenceBytes ? `, reference ${mib(m.referenceBytes)}` : ""
   }, rollouts (KV cache + activations) peak ${mib(m.rolloutPeakBytes)}, update peak ${
     mib(m.updatePeakBytes)

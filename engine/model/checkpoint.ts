@@ -15,10 +15,11 @@ import {
   type RawTensor,
   tensorFromRaw,
   tensorToRaw,
+  toFloat32,
   writeSafetensors,
 } from "../safetensors.ts";
 import { keep } from "../scope.ts";
-import { numel, type Tensor } from "../tensor.ts";
+import { f32ToBf16, f32ToF16, numel, type Tensor } from "../tensor.ts";
 import {
   type CausalLM,
   ConfigError,
@@ -30,6 +31,7 @@ import {
   tokenIdList,
 } from "./decoder.ts";
 import { isQwenConfig, parseQwenConfig } from "./qwen.ts";
+import type { Adapter } from "./lora.ts";
 import { loadTokenizer, type QwenTokenizer } from "./tokenizer.ts";
 
 /** Every family the loader knows: how to recognise its config.json and parse it. */
@@ -282,6 +284,8 @@ export async function saveModel(
     extra?: (tmpDir: string) => Promise<void>;
     /** Allow replacing the directory the model was loaded from (a trainer's own checkpoint on resume). */
     replaceSource?: boolean;
+    /** Fold the model's LoRA adapters into the weights they adapt (a full merged checkpoint). */
+    merge?: boolean;
     /** Runs while neither the old nor the new directory is at `outDir` (tests crash here). */
     afterRetiringOld?: () => Promise<void>;
   } = {},
@@ -313,7 +317,10 @@ export async function saveModel(
         at += r.data.byteLength;
       }
       if (p.shape.length === 2) dtype = parts[0].dtype;
-      tensors.set(p.name, { dtype: parts[0].dtype, shape: p.shape, data: bytes });
+      const raw: RawTensor = { dtype: parts[0].dtype, shape: p.shape, data: bytes };
+      // with LoRA adapters and `merge`: W + (alpha / r)·B·A, in W's own dtype
+      const adapter = options.merge ? model.adapters?.byWeight.get(p.name) : undefined;
+      tensors.set(p.name, adapter ? await mergeAdapter(raw, adapter) : raw);
     }
     await writeSafetensors(`${tmp}/model.safetensors`, tensors, {
       format: "pt",
@@ -355,4 +362,27 @@ async function exists(path: string): Promise<boolean> {
 function parentOf(path: string): string {
   const i = path.replace(/\/+$/, "").lastIndexOf("/");
   return i <= 0 ? (i === 0 ? "/" : ".") : path.slice(0, i);
+}
+
+/** W + scale·B·A for a raw weight (out, in) in its dtype, computed in float64 on the CPU. */
+async function mergeAdapter(w: RawTensor, a: Adapter): Promise<RawTensor> {
+  const [out, inF] = w.shape;
+  const values = toFloat32(w);
+  const A = await a.A.toArray(); // (r, in)
+  const B = await a.B.toArray(); // (out, r)
+  const r = a.A.shape[0];
+  const merged = new Float32Array(out * inF);
+  for (let o = 0; o < out; o++) {
+    for (let i = 0; i < inF; i++) {
+      let d = 0;
+      for (let k = 0; k < r; k++) d += B[o * r + k] * A[k * inF + i];
+      merged[o * inF + i] = values[o * inF + i] + a.scale * d;
+    }
+  }
+  if (w.dtype === "F32") return { ...w, data: new Uint8Array(merged.buffer) };
+  const half = new Uint16Array(merged.length);
+  for (let i = 0; i < merged.length; i++) {
+    half[i] = w.dtype === "BF16" ? f32ToBf16(merged[i]) : f32ToF16(merged[i]);
+  }
+  return { ...w, data: new Uint8Array(half.buffer) };
 }

@@ -26,6 +26,7 @@ import {
 } from "../ops/mod.ts";
 import { keep } from "../scope.ts";
 import { DTYPE_BYTES, Tensor } from "../tensor.ts";
+import { type LoraAdapters, withLora } from "./lora.ts";
 import type { QwenTokenizer } from "./tokenizer.ts";
 
 /** A config.json problem, naming the file and the field. */
@@ -109,6 +110,8 @@ export interface ForwardOptions {
   cache?: KVCache;
   /** Activation recomputation: keep only each layer's input for backward (training). */
   recompute?: boolean;
+  /** Apply the LoRA adapters, if any (default true; false runs the base model). */
+  adapters?: boolean;
 }
 
 /** Generation defaults read from generation_config.json. */
@@ -233,8 +236,12 @@ export interface CausalLM {
   readonly sourceDir: string | null;
   /** The parameter named `name` (checkpoint naming). */
   parameter(name: string): Parameter | undefined;
-  /** Every parameter tensor (chunks flattened), e.g. for an optimizer. */
+  /** Every parameter tensor (chunks flattened). */
   tensors(): Tensor[];
+  /** What training updates: the LoRA adapters when attached, else every parameter. */
+  trainable(): Tensor[];
+  /** The LoRA adapters, if attached. */
+  readonly adapters: LoraAdapters | null;
   /** Logits (B, T, V) for token ids (B, T) i32. */
   forward(ids: Tensor, options?: ForwardOptions): Tensor;
   /** Final normalised hidden states (B, T, C): forward without the head. */
@@ -268,6 +275,7 @@ export class DecoderLM implements CausalLM {
   readonly sourceDir: string | null;
   #byName: Map<string, Parameter>;
   #layers: Layer[];
+  #adapters: LoraAdapters | null = null;
 
   constructor(
     config: DecoderConfig,
@@ -323,6 +331,48 @@ export class DecoderLM implements CausalLM {
     return this.parameters.flatMap((p) => p.chunks);
   }
 
+  trainable(): Tensor[] {
+    return this.#adapters ? this.#adapters.tensors() : this.tensors();
+  }
+
+  get adapters(): LoraAdapters | null {
+    return this.#adapters;
+  }
+
+  /** Attaches LoRA adapters (or detaches them with null); the base weights are left as they are. */
+  setAdapters(adapters: LoraAdapters | null): void {
+    if (adapters) {
+      for (const name of adapters.byWeight.keys()) {
+        if (!this.#byName.has(name)) throw new Error(`LoRA: the model has no weight ${name}`);
+      }
+    }
+    this.#adapters = adapters;
+  }
+
+  /**
+   * The base model under the adapters: the same weights, forward without the
+   * LoRA terms (EM-RL's reference with LoRA: no second copy).
+   */
+  base(): CausalLM {
+    return {
+      config: this.config,
+      parameters: this.parameters,
+      tokenizer: this.tokenizer,
+      generation: this.generation,
+      sourceDir: this.sourceDir,
+      adapters: null,
+      parameter: (name) => this.parameter(name),
+      tensors: () => this.tensors(),
+      trainable: () => [],
+      forward: (ids, o = {}) => this.forward(ids, { ...o, adapters: false }),
+      hidden: (ids, o = {}) => this.hidden(ids, { ...o, adapters: false }),
+      headAt: (h, p, each, r) => this.headAt(h, p, each, r),
+      head: (x) => this.head(x),
+      createCache: (b, m) => this.createCache(b, m),
+      dispose: () => {}, // the weights belong to the adapted model
+    };
+  }
+
   /** Logits (B, T, V) for token ids (B, T) i32. */
   forward(ids: Tensor, options: ForwardOptions = {}): Tensor {
     return this.head(this.hidden(ids, options));
@@ -360,28 +410,31 @@ export class DecoderLM implements CausalLM {
       if (norm) h = rmsNorm(h, norm, c.rmsNormEps);
       return permute(h, [0, 2, 1, 3]); // (B, n, T, D)
     };
+    const adapters = options.adapters === false ? null : this.#adapters;
     const layer = (L: Layer, i: number) => (x: Tensor): Tensor => {
+      const n = c.names.layer(i);
+      // x·Wᵀ + b, plus the LoRA term where an adapter is attached
+      const lin = (x: Tensor, w: Chunked, bias: Tensor | null, name: string) =>
+        withLora(chunkedLinear(x, w, bias), x, adapters?.byWeight.get(name));
       const h = rmsNorm(x, L.inputNorm, c.rmsNormEps);
-      const q = rope(heads(chunkedLinear(h, L.q, L.qBias), c.numHeads, L.qNorm), cos, sin);
-      const k = rope(heads(chunkedLinear(h, L.k, L.kBias), c.numKvHeads, L.kNorm), cos, sin);
-      const v = heads(chunkedLinear(h, L.v, L.vBias), c.numKvHeads, null);
+      const q = rope(heads(lin(h, L.q, L.qBias, n.q), c.numHeads, L.qNorm), cos, sin);
+      const k = rope(heads(lin(h, L.k, L.kBias, n.k), c.numKvHeads, L.kNorm), cos, sin);
+      const v = heads(lin(h, L.v, L.vBias, n.v), c.numKvHeads, null);
       cache?.write(i, k, v);
       const attended = cache
         ? cachedAttention(q, cache.keys[i], cache.values[i], S, bias, scale) // reads in place
         : attention(q, k, v, bias, scale);
       const a = permute(attended, [0, 2, 1, 3]); // (B, T, H, D)
-      const x1 = add(x, chunkedLinear(reshape(a, [B, T, c.numHeads * c.headDim]), L.o));
+      const x1 = add(x, lin(reshape(a, [B, T, c.numHeads * c.headDim]), L.o, null, n.o));
       const h2 = rmsNorm(x1, L.postNorm, c.rmsNormEps);
-      return add(
-        x1,
-        chunkedLinear(mul(silu(chunkedLinear(h2, L.gate)), chunkedLinear(h2, L.up)), L.down),
-      );
+      const gated = mul(silu(lin(h2, L.gate, null, n.gate)), lin(h2, L.up, null, n.up));
+      return add(x1, lin(gated, L.down, null, n.down));
     };
     let x = this.embed(ids); // (B, T, C)
     this.#layers.forEach((L, i) => {
       // --recompute: keep only each layer's input; backward recomputes the layer
       x = options.recompute && !cache
-        ? checkpoint(layer(L, i), x, layerTensors(L))
+        ? checkpoint(layer(L, i), x, [...layerTensors(L), ...(adapters?.tensors() ?? [])])
         : layer(L, i)(x);
     });
     if (cache) cache.length = S;

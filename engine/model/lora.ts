@@ -1,0 +1,204 @@
+/**
+ * LoRA adapters on the decoder's linear layers, in Hugging Face PEFT's format:
+ * y = x·Wᵀ + (alpha / r)·(x·Aᵀ)·Bᵀ with A (r, in) and B (out, r). The base
+ * weights stay frozen in their stored precision (bf16 stays bf16, no f32 copy,
+ * no gradient, no optimizer state); only A and B train. Saved as
+ * adapter_model.safetensors (PEFT's tensor names) and adapter_config.json, so
+ * `PeftModel.from_pretrained(base, dir)` loads them.
+ * @module
+ */
+import { add, matmul, mulScalar } from "../ops/mod.ts";
+import { atomicWrite } from "../atomic.ts";
+import { readSafetensors, tensorFromRaw, tensorToRaw, writeSafetensors } from "../safetensors.ts";
+import { keep } from "../scope.ts";
+import { Tensor } from "../tensor.ts";
+import type { DecoderConfig, LayerNames } from "./decoder.ts";
+
+/** The linear layers LoRA can adapt, by their short names. */
+export const LORA_TARGETS = ["q", "k", "v", "o", "gate", "up", "down"] as const;
+export type LoraTarget = typeof LORA_TARGETS[number];
+
+export interface LoraOptions {
+  rank: number;
+  alpha: number;
+  targets: LoraTarget[];
+  seed?: number;
+}
+
+/** One adapted layer: A (r, in), B (out, r), scale alpha / r. */
+export interface Adapter {
+  A: Tensor;
+  B: Tensor;
+  scale: number;
+}
+
+/** x·Wᵀ-sized LoRA term (..., out) for x (..., in). */
+export function loraTerm(x: Tensor, a: Adapter): Tensor {
+  return mulScalar(matmul(matmul(x, a.A, { transB: true }), a.B, { transB: true }), a.scale);
+}
+
+/** Adds the LoRA term of `adapter` (if any) to a linear layer's output y. */
+export function withLora(y: Tensor, x: Tensor, adapter: Adapter | undefined): Tensor {
+  return adapter ? add(y, loraTerm(x, adapter)) : y;
+}
+
+/** The PEFT module path of a weight: "model.layers.0.self_attn.q_proj.weight" -> "...q_proj". */
+function modulePath(weightName: string): string {
+  return weightName.replace(/\.weight$/, "");
+}
+
+/** A model's adapters, keyed by the adapted weight's name. */
+export class LoraAdapters {
+  readonly options: LoraOptions;
+  readonly byWeight: Map<string, Adapter>;
+
+  constructor(options: LoraOptions, byWeight: Map<string, Adapter>) {
+    this.options = options;
+    this.byWeight = byWeight;
+  }
+
+  /**
+   * New adapters for `config`'s layers: A uniform in ±1/sqrt(in) (PEFT's
+   * kaiming_uniform with a = sqrt(5)), B zero, so the model starts unchanged.
+   */
+  static create(config: DecoderConfig, options: LoraOptions): LoraAdapters {
+    const { rank, alpha, targets } = options;
+    if (!Number.isInteger(rank) || rank < 1) {
+      throw new Error(`LoRA: rank must be >= 1, got ${rank}`);
+    }
+    let seed = options.seed ?? 0;
+    const map = new Map<string, Adapter>();
+    for (let i = 0; i < config.numLayers; i++) {
+      const names = config.names.layer(i);
+      for (const t of targets) {
+        const [out, inF] = linearShape(config, t);
+        const bound = 1 / Math.sqrt(inF);
+        const A = keep(Tensor.rand([rank, inF], { seed: seed++, low: -bound, high: bound }));
+        const B = keep(Tensor.zeros([out, rank]));
+        A.requiresGrad = true;
+        B.requiresGrad = true;
+        map.set(names[t as keyof LayerNames] as string, { A, B, scale: alpha / rank });
+      }
+    }
+    return new LoraAdapters(options, map);
+  }
+
+  /** Every trainable tensor (A and B of each adapter). */
+  tensors(): Tensor[] {
+    return [...this.byWeight.values()].flatMap((a) => [a.A, a.B]);
+  }
+
+  /** Writes adapter_model.safetensors and adapter_config.json (PEFT's format) into `dir`. */
+  async save(dir: string, baseModel: string | null): Promise<void> {
+    await Deno.mkdir(dir, { recursive: true });
+    const tensors = new Map<string, { dtype: "F32"; shape: number[]; data: Uint8Array }>();
+    for (const [weight, a] of this.byWeight) {
+      const prefix = `base_model.model.${modulePath(weight)}`;
+      for (const [kind, t] of [["lora_A", a.A], ["lora_B", a.B]] as const) {
+        const raw = await tensorToRaw(t);
+        tensors.set(`${prefix}.${kind}.weight`, { dtype: "F32", shape: raw.shape, data: raw.data });
+      }
+    }
+    await writeSafetensors(`${dir}/adapter_model.safetensors`, tensors, { format: "pt" });
+    const modules = [
+      ...new Set([...this.byWeight.keys()].map((w) => modulePath(w).split(".").at(-1)!)),
+    ];
+    const config = {
+      peft_type: "LORA",
+      task_type: "CAUSAL_LM",
+      base_model_name_or_path: baseModel,
+      r: this.options.rank,
+      lora_alpha: this.options.alpha,
+      lora_dropout: 0,
+      target_modules: modules,
+      bias: "none",
+      fan_in_fan_out: false,
+      inference_mode: true,
+      init_lora_weights: true,
+      modules_to_save: null,
+      use_rslora: false,
+      use_dora: false,
+    };
+    await atomicWrite(`${dir}/adapter_config.json`, async (f) => {
+      await f.write(new TextEncoder().encode(JSON.stringify(config, null, 2) + "\n"));
+    });
+  }
+
+  /** Reads adapters saved by `save` (or by PEFT) for `config`'s model. */
+  static async load(dir: string, config: DecoderConfig): Promise<LoraAdapters> {
+    const path = `${dir}/adapter_config.json`;
+    let raw: Record<string, unknown>;
+    try {
+      raw = JSON.parse(await Deno.readTextFile(path));
+    } catch (e) {
+      throw new Error(`${path}: cannot read LoRA adapters (${(e as Error).message})`);
+    }
+    if (raw.peft_type !== "LORA") {
+      throw new Error(`${path}: peft_type is ${raw.peft_type}, not LORA`);
+    }
+    const rank = raw.r as number;
+    const alpha = raw.lora_alpha as number;
+    const { tensors } = await readSafetensors(`${dir}/adapter_model.safetensors`);
+    const map = new Map<string, Adapter>();
+    const targets = new Set<LoraTarget>();
+    for (let i = 0; i < config.numLayers; i++) {
+      const names = config.names.layer(i);
+      for (const t of LORA_TARGETS) {
+        const weight = names[t as keyof LayerNames] as string;
+        const prefix = `base_model.model.${modulePath(weight)}`;
+        const a = tensors.get(`${prefix}.lora_A.weight`);
+        const b = tensors.get(`${prefix}.lora_B.weight`);
+        if (!a || !b) continue;
+        const [out, inF] = linearShape(config, t);
+        if (a.shape.join() !== [rank, inF].join() || b.shape.join() !== [out, rank].join()) {
+          throw new Error(
+            `${dir}/adapter_model.safetensors: ${prefix} has A [${a.shape}] and B [${b.shape}], expected [${rank},${inF}] and [${out},${rank}]`,
+          );
+        }
+        const A = keep(tensorFromRaw(a));
+        const B = keep(tensorFromRaw(b));
+        A.requiresGrad = B.requiresGrad = true;
+        map.set(weight, { A, B, scale: alpha / rank });
+        targets.add(t);
+      }
+    }
+    if (map.size === 0) {
+      throw new Error(`${dir}/adapter_model.safetensors: no LoRA tensors for this model`);
+    }
+    return new LoraAdapters({ rank, alpha, targets: [...targets] }, map);
+  }
+
+  dispose(): void {
+    this.tensors().forEach((t) => t.dispose());
+  }
+}
+
+/** (out, in) of a target linear layer. */
+function linearShape(c: DecoderConfig, t: LoraTarget): [number, number] {
+  const q = c.numHeads * c.headDim;
+  const kv = c.numKvHeads * c.headDim;
+  switch (t) {
+    case "q":
+      return [q, c.hiddenSize];
+    case "k":
+    case "v":
+      return [kv, c.hiddenSize];
+    case "o":
+      return [c.hiddenSize, q];
+    case "gate":
+    case "up":
+      return [c.intermediateSize, c.hiddenSize];
+    case "down":
+      return [c.hiddenSize, c.intermediateSize];
+  }
+}
+
+/** Parses "q,k,v" into targets, naming a bad one. */
+export function parseLoraTargets(list: string): LoraTarget[] {
+  const out = list.split(",").map((s) => s.trim()).filter(Boolean);
+  const bad = out.find((t) => !(LORA_TARGETS as readonly string[]).includes(t));
+  if (bad || out.length === 0) {
+    throw new Error(`--lora-targets: "${bad ?? list}" is not one of ${LORA_TARGETS.join(",")}`);
+  }
+  return out as LoraTarget[];
+}
