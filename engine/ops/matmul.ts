@@ -169,9 +169,11 @@ export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tenso
     inputs: [a, b],
     backward: (g) => {
       // C = op(A)·op(B): dop(A) = dC·op(B)ᵀ, dop(B) = op(A)ᵀ·dC
-      const ga = transA
+      // no product for an input that needs no gradient (a frozen weight under LoRA)
+      const ga = !a.requiresGrad ? null : transA
         ? matmulRaw(b, g, transB, true) // dA = op(B)·dCᵀ
         : matmulRaw(g, b, false, !transB);
+      if (!b.requiresGrad) return [ga, null];
       let gb: Tensor;
       if (shared && !transA) {
         // b is shared by every batch: fold the batch into the rows of A and dC.
