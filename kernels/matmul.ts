@@ -11,6 +11,19 @@ import { declareKernel, memoKernel } from "./declare.ts";
 
 export const MM = { tile: { tm: 4, tn: 4, wx: 8, wy: 8 } } as const;
 
+/**
+ * `ldb4(i)`: four consecutive elements of b from element index i (a multiple
+ * of 4), from f32 vec4s or from bf16/f16 halves packed two per u32.
+ */
+function loadB4(bType: "f32" | "bf16" | "f16"): string {
+  if (bType === "f32") return `fn ldb4(i: u32) -> vec4<f32> { return b[i / 4u]; }`;
+  const half2 = bType === "bf16"
+    ? "return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));"
+    : "return unpack2x16float(w);";
+  return /* wgsl */ `fn half2(w: u32) -> vec2<f32> { ${half2} }
+fn ldb4(i: u32) -> vec4<f32> { return vec4<f32>(half2(b[i / 2u]), half2(b[i / 2u + 1u])); }`;
+}
+
 /** Sizes, and the batch/row/col strides of a (m, k) and b (k, n): transposes need no copy. */
 const PARAMS = {
   M: "u32",
@@ -156,17 +169,7 @@ export const matmulVec4Kernel = memoKernel((
   const stores = R.map((i) =>
     `if (m0 + ${i}u < M) { store(cOff + (m0 + ${i}u) * N, n0, N, c_${i}_0, c_${i}_1); }`
   ).join("\n  ");
-  // four consecutive elements of B from element index i (a multiple of 4)
-  const bHelper = bType === "f32"
-    ? `fn ldb4(i: u32) -> vec4<f32> { return b[i / 4u]; }`
-    : `fn half2(w: u32) -> vec2<f32> {
-  ${
-      bType === "bf16"
-        ? "return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));"
-        : "return unpack2x16float(w);"
-    }
-}
-fn ldb4(i: u32) -> vec4<f32> { return vec4<f32>(half2(b[i / 2u]), half2(b[i / 2u + 1u])); }`;
+  const bHelper = loadB4(bType);
   return declareKernel({
     label: "matmul",
     inputs: { a4: "vec4<f32>", b: bType === "f32" ? "vec4<f32>" : "u32" },
@@ -211,16 +214,7 @@ fn store(row: u32, n0: u32, N: u32, lo: vec4<f32>, hi: vec4<f32>) {
  * Needs K % 4 == 0.
  */
 export const gemvKernel = memoKernel((bType: "f32" | "bf16" | "f16", rows: 1 | 4) => {
-  const ldb4 = bType === "f32"
-    ? `fn ldb4(i: u32) -> vec4<f32> { return b[i / 4u]; }`
-    : `fn half2(w: u32) -> vec2<f32> {
-  ${
-      bType === "bf16"
-        ? "return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));"
-        : "return unpack2x16float(w);"
-    }
-}
-fn ldb4(i: u32) -> vec4<f32> { return vec4<f32>(half2(b[i / 2u]), half2(b[i / 2u + 1u])); }`;
+  const ldb4 = loadB4(bType);
   const R = Array.from({ length: rows }, (_, r) => r);
   return declareKernel({
     label: "gemv",

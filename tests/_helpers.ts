@@ -110,3 +110,21 @@ export async function tinyModelWithTokenizer(prefix = "tiny_"): Promise<string> 
   );
   return dir;
 }
+
+/**
+ * The prompts and responses of a fixture's expected.safetensors (two rows, row 1
+ * left-padded), as the trainer would get them, and the fixture's tensors.
+ */
+export async function fixturePromptsAndResponses(name: string) {
+  const { readSafetensors, toInt32 } = await import("../engine/safetensors.ts");
+  const { tensors, metadata } = await readSafetensors(`${HF}${name}/expected.safetensors`);
+  const ids = toInt32(tensors.get("input_ids")!);
+  const mask = toInt32(tensors.get("attention_mask")!);
+  const P = Number(metadata.prompt_len);
+  const T = 12;
+  const prompts = [0, 1].map((b) =>
+    Array.from(ids.slice(b * T, b * T + P)).filter((_, j) => mask[b * T + j])
+  );
+  const responses = [0, 1].map((b) => Array.from(ids.slice(b * T + P, (b + 1) * T)));
+  return { prompts, responses, ids, mask, tensors };
+}

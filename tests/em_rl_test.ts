@@ -8,7 +8,7 @@ import { device } from "../engine/device.ts";
 import { loadModel } from "../engine/model/checkpoint.ts";
 import type { CausalLM } from "../engine/model/decoder.ts";
 import { mul, sum } from "../engine/ops/mod.ts";
-import { readSafetensors, toFloat32, toInt32 } from "../engine/safetensors.ts";
+import { toFloat32 } from "../engine/safetensors.ts";
 import { noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { DEMO_HELD_OUT, heldOutProblems } from "../demo/task.ts";
@@ -27,7 +27,12 @@ import { majorityAnswer, REWARDS, type Rollout } from "../train/rewards.ts";
 import { sftObjective } from "../train/sft.ts";
 import { accumulateGradients, train, type TrainOptions } from "../train/trainer.ts";
 import { assert, assertAlmostEquals, assertEquals, assertThrows } from "@std/assert";
-import { assertClose, gpuTest, tinyModelWithTokenizer } from "./_helpers.ts";
+import {
+  assertClose,
+  fixturePromptsAndResponses,
+  gpuTest,
+  tinyModelWithTokenizer,
+} from "./_helpers.ts";
 
 const HF = new URL("./fixtures/hf/", import.meta.url).pathname;
 const DEMO = new URL("../demo/model", import.meta.url).pathname;
@@ -153,15 +158,7 @@ Deno.test({
 async function fixtureBatch(): Promise<
   { batch: StepBatch; entropy: Float32Array; logits: Float32Array }
 > {
-  const { tensors, metadata } = await readSafetensors(`${HF}qwen2-tiny/expected.safetensors`);
-  const ids = toInt32(tensors.get("input_ids")!);
-  const mask = toInt32(tensors.get("attention_mask")!);
-  const P = Number(metadata.prompt_len);
-  const T = 12;
-  const prompts = [0, 1].map((b) =>
-    Array.from(ids.slice(b * T, b * T + P)).filter((_, j) => mask[b * T + j])
-  );
-  const responses = [0, 1].map((b) => Array.from(ids.slice(b * T + P, (b + 1) * T)));
+  const { prompts, responses, tensors } = await fixturePromptsAndResponses("qwen2-tiny");
   return {
     batch: scoredBatch(packSequences(prompts, responses, 0)),
     entropy: toFloat32(tensors.get("entropy")!),

@@ -1,7 +1,7 @@
 /** The trainer: its loss path against transformers, runs that learn, resume, divergence, checkpoints. */
 import { loadModel } from "../engine/model/checkpoint.ts";
 import type { CausalLM } from "../engine/model/decoder.ts";
-import { readSafetensors, toFloat32, toInt32 } from "../engine/safetensors.ts";
+import { toFloat32 } from "../engine/safetensors.ts";
 import { noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { device } from "../engine/device.ts";
@@ -17,7 +17,12 @@ import {
   type TrainOptions,
 } from "../train/trainer.ts";
 import { assert, assertAlmostEquals, assertEquals, assertRejects } from "@std/assert";
-import { assertClose, gpuTest, tinyModelWithTokenizer } from "./_helpers.ts";
+import {
+  assertClose,
+  fixturePromptsAndResponses,
+  gpuTest,
+  tinyModelWithTokenizer,
+} from "./_helpers.ts";
 
 const HF = new URL("./fixtures/hf/", import.meta.url).pathname;
 
@@ -27,16 +32,10 @@ Deno.test({
   ...gpuTest,
   fn: async () => {
     const model = await loadModel(`${HF}qwen2-tiny`, { trainable: true });
-    const { tensors, metadata } = await readSafetensors(`${HF}qwen2-tiny/expected.safetensors`);
-    const ids = toInt32(tensors.get("input_ids")!);
-    const mask = toInt32(tensors.get("attention_mask")!);
-    const P = Number(metadata.prompt_len);
-    const T = 12;
     // rebuild the batch from prompts and responses, as the trainer does
-    const prompts = [0, 1].map((b) =>
-      Array.from(ids.slice(b * T, b * T + P)).filter((_, j) => mask[b * T + j])
+    const { prompts, responses, ids, mask, tensors } = await fixturePromptsAndResponses(
+      "qwen2-tiny",
     );
-    const responses = [0, 1].map((b) => Array.from(ids.slice(b * T + P, (b + 1) * T)));
     const batch = packSequences(prompts, responses, 0);
     assertEquals(batch.ids, Array.from(ids));
     assertEquals(batch.mask, Array.from(mask));
@@ -204,15 +203,7 @@ Deno.test({
   name: "--recompute gives the same loss and gradients bit for bit, with a lower activation peak",
   ...gpuTest,
   fn: async () => {
-    const { tensors, metadata } = await readSafetensors(`${HF}qwen3-tiny/expected.safetensors`);
-    const ids = toInt32(tensors.get("input_ids")!);
-    const mask = toInt32(tensors.get("attention_mask")!);
-    const P = Number(metadata.prompt_len);
-    const T = 12;
-    const prompts = [0, 1].map((b) =>
-      Array.from(ids.slice(b * T, b * T + P)).filter((_, j) => mask[b * T + j])
-    );
-    const responses = [0, 1].map((b) => Array.from(ids.slice(b * T + P, (b + 1) * T)));
+    const { prompts, responses } = await fixturePromptsAndResponses("qwen3-tiny");
     const batch = scoredBatch(packSequences(prompts, responses, 0));
     const run = async (recompute: boolean) => {
       const model = await loadModel(`${HF}qwen3-tiny`, { trainable: true });
