@@ -8,10 +8,17 @@
 import { is, numberFlag, parseArgs, type ParsedArgs } from "@std/cli";
 import { recoverDirectory } from "../engine/atomic.ts";
 import { initDeviceOrExplain } from "../engine/device.ts";
-import { loadModel, saveModel } from "../engine/model/checkpoint.ts";
-import type { CausalLM, DecoderLM } from "../engine/model/decoder.ts";
+import { loadModel, readConfig, saveModel } from "../engine/model/checkpoint.ts";
+import type { CausalLM, DecoderConfig, DecoderLM } from "../engine/model/decoder.ts";
+import { estimateTraining, type MemoryEstimate, parameterCount } from "./memory.ts";
 import { LORA_TARGETS, LoraAdapters, parseLoraTargets } from "../engine/model/lora.ts";
-import { DEMO_HELD_OUT, DEMO_MAX_NEW_TOKENS, DEMO_MODEL, heldOutProblems } from "../demo/task.ts";
+import {
+  DEMO_HELD_OUT,
+  DEMO_MAX_NEW_TOKENS,
+  DEMO_MODEL,
+  DEMO_PROMPT_LENGTH,
+  heldOutProblems,
+} from "../demo/task.ts";
 import { accuracy, type DemoScores, evaluateDemo } from "../demo/evaluate.ts";
 import {
   checkExampleFits,
@@ -66,6 +73,9 @@ ${DEMO_HELD_OUT} held-out problems).
   --lora-alpha A           LoRA scale alpha / R (default 2 R)
   --lora-targets LIST      q,k,v,o,gate,up,down (default all); checkpoints are PEFT adapters
   --merge                  with LoRA: also write OUT/merged, the base with the adapters folded in
+  --dry-run                print the GPU memory an update needs (from config.json alone) and exit
+  --seq-length N           sequence length the estimate assumes (default: the demo's, or 512 + max-new-tokens)
+  --memory-limit GB        refuse a run whose estimate exceeds this (default: this machine's memory)
   --lr X                   AdamW learning rate (default ${DEFAULTS.lr})
   --warmup N               linear warm-up steps (default 0)
   --schedule constant|cosine   after warm-up (default constant)
@@ -132,6 +142,8 @@ const STRING_FLAGS = [
   "lora-rank",
   "lora-alpha",
   "lora-targets",
+  "seq-length",
+  "memory-limit",
 ];
 
 type Flags = ParsedArgs;
@@ -146,7 +158,16 @@ export function parseTrainFlags(
 ): { options: TrainOptions; flags: Flags; demo: boolean } {
   const flags = parseArgs(args, {
     string: STRING_FLAGS,
-    boolean: ["chat", "resume", "overwrite", "no-weight-check", "recompute", "merge", "help"],
+    boolean: [
+      "chat",
+      "resume",
+      "overwrite",
+      "no-weight-check",
+      "recompute",
+      "merge",
+      "dry-run",
+      "help",
+    ],
   }) as Flags;
   const demo = flags.model === undefined && flags.data === undefined;
   const method = (flags.method ?? DEFAULTS.method) as string;
@@ -271,6 +292,60 @@ function table(before: DemoScores, after: DemoScores): string {
 /** What a run leaves in its output directory. */
 const RUN_FILES = ["metrics.jsonl", "checkpoint", "best"];
 
+const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
+
+/** The estimate of an update's GPU memory for these flags, and the limit it must fit. */
+async function memoryPlan(
+  modelDir: string,
+  o: TrainOptions,
+  flags: ParsedArgs,
+  demoTask: boolean,
+): Promise<{ config: DecoderConfig; estimate: MemoryEstimate; limit: number }> {
+  const config = await readConfig(modelDir);
+  // the demo's sequences are known; otherwise a 512-token prompt allowance (or --seq-length)
+  const seqLength = numberFlag(flags, "seq-length", is.positiveInt) ??
+    Math.min(config.maxPositionEmbeddings, (demoTask ? DEMO_PROMPT_LENGTH : 512) + o.maxNewTokens);
+  const lora = o.loraRank > 0 ? { rank: o.loraRank, targets: o.loraTargets.length } : null;
+  const estimate = estimateTraining(config, {
+    microBatch: o.microBatch,
+    seqLength,
+    scored: o.microBatch * Math.min(o.maxNewTokens, seqLength),
+    weightBytes: lora && config.raw.torch_dtype !== "float32" && config.raw.dtype !== "float32"
+      ? 2
+      : 4,
+    lora,
+    recompute: o.recompute,
+    reference: o.method === "em-rl" && o.klCoef > 0,
+    maxBinding: 128 * 2 ** 20,
+  });
+  // WebGPU reports no device memory size: by default, this machine's memory (a CPU adapter's)
+  const limitGb = numberFlag(flags, "memory-limit", is.positive);
+  const limit = limitGb !== undefined ? limitGb * 2 ** 30 : Deno.systemMemoryInfo().total;
+  return { config, estimate, limit };
+}
+
+/** What --dry-run prints: the estimate by category, and whether it fits 16 and 24 GB. */
+function dryRunReport(c: DecoderConfig, e: MemoryEstimate, dir: string, o: TrainOptions): string {
+  const lines = [
+    `dry run: ${dir} (${c.architecture}, ${
+      (parameterCount(c) / 1e9).toFixed(2)
+    }B parameters), ${o.method}, micro-batch ${o.microBatch}${
+      o.loraRank ? `, LoRA rank ${o.loraRank}` : ", full fine-tuning"
+    }${o.recompute ? ", --recompute" : ""}`,
+    `  weights      ${gib(e.weights)}`,
+    `  LoRA         ${gib(e.adapters)}`,
+    `  gradients    ${gib(e.gradients)}`,
+    `  optimizer    ${gib(e.optimizer)}`,
+    `  reference    ${gib(e.reference)}`,
+    `  activations  ${gib(e.activations)} (one micro-batch, kept for backward)`,
+    `  total        ${gib(e.total)}`,
+  ];
+  for (const gb of [16, 24]) {
+    lines.push(`  fits in ${gb} GB: ${e.total <= gb * 1e9 ? "yes" : "no"}`);
+  }
+  return lines.join("\n");
+}
+
 async function exists(path: string): Promise<boolean> {
   return (await pathKind(path)) !== null;
 }
@@ -352,6 +427,33 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
   const modelFlag = typeof flags.model === "string" ? flags.model : null;
+  // the memory an update needs, from config.json alone: printed by --dry-run, checked before loading
+  let plan: { config: DecoderConfig; estimate: MemoryEstimate; limit: number };
+  try {
+    plan = await memoryPlan(
+      modelFlag ?? DEMO_MODEL,
+      options,
+      flags,
+      demo || flags.data === undefined,
+    );
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    return 2;
+  }
+  if (flags["dry-run"]) {
+    console.log(dryRunReport(plan.config, plan.estimate, modelFlag ?? DEMO_MODEL, options));
+    return 0;
+  }
+  if (plan.estimate.total > plan.limit) {
+    console.error(
+      `error: this update needs about ${
+        gib(plan.estimate.total)
+      } of GPU memory (--dry-run shows why), more than the ${
+        gib(plan.limit)
+      } available (--memory-limit); lower --micro-batch, add --recompute, or train LoRA adapters with --lora-rank`,
+    );
+    return 2;
+  }
   const outProblem = await prepareOutDir(options.outDir, modelFlag, {
     resume: flags.resume === true,
     overwrite: flags.overwrite === true,

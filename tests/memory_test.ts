@@ -1,0 +1,108 @@
+/** The memory estimate against measured peaks, --dry-run, and the refusal before allocating. */
+import { device } from "../engine/device.ts";
+import { loadModel } from "../engine/model/checkpoint.ts";
+import { AdamW } from "../engine/optim.ts";
+import { emFtObjective } from "../train/em_ft.ts";
+import { estimateTraining } from "../train/memory.ts";
+import { packSequences, scoredBatch } from "../train/objective.ts";
+import { accumulateGradients } from "../train/trainer.ts";
+import { assert, assertEquals } from "@std/assert";
+import { gpuTest } from "./_helpers.ts";
+
+const HF = new URL("./fixtures/hf/", import.meta.url).pathname;
+const DEMO = new URL("../demo/model", import.meta.url).pathname;
+
+Deno.test({
+  name: "the activation + gradient estimate is within 10% of the measured peak (demo, qwen3-tiny)",
+  ...gpuTest,
+  fn: async () => {
+    const cases = [[DEMO, 256, 8, 5], [`${HF}qwen3-tiny`, 4, 20, 44]] as const;
+    for (const [dir, m, P, R] of cases) {
+      for (const recompute of [false, true]) {
+        const model = await loadModel(dir, { trainable: true });
+        const opt = new AdamW(model.tensors(), { lr: 1e-3 });
+        const prompts = Array.from(
+          { length: m },
+          (_, i) => Array.from({ length: P }, (_, j) => (i + j) % 10 + 1),
+        );
+        const resp = Array.from(
+          { length: m },
+          (_, i) => Array.from({ length: R }, (_, j) => (3 * i + j) % 10 + 1),
+        );
+        const batch = scoredBatch(packSequences(prompts, resp, 0));
+        const base = device().liveBytes;
+        device().resetPeak();
+        const acc = accumulateGradients(
+          model,
+          batch,
+          emFtObjective({ nSamples: 1, reduce: "mean" }),
+          m,
+          undefined,
+          recompute,
+        );
+        await acc.loss.item();
+        const measured = device().peakLiveBytes - base;
+        const e = estimateTraining(model.config, {
+          microBatch: m,
+          seqLength: batch.length,
+          scored: batch.positions.length,
+          weightBytes: 4,
+          lora: null,
+          recompute,
+          reference: false,
+          maxBinding: device().info.maxStorageBufferBindingSize,
+        });
+        const ratio = (e.activations + e.gradients) / measured;
+        assert(
+          Math.abs(ratio - 1) <= 0.1,
+          `${dir} recompute ${recompute}: estimate/measured ${ratio}`,
+        );
+        [acc.loss, ...Object.values(acc.stats)].forEach((t) => t.dispose());
+        opt.zeroGrad();
+        opt.dispose();
+        model.dispose();
+      }
+    }
+  },
+});
+
+async function train(args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("../train/cli.ts", import.meta.url).pathname, ...args],
+    env: { XDG_RUNTIME_DIR: "/tmp" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder();
+  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+}
+
+Deno.test("--dry-run prints the estimate from config.json alone; a run past --memory-limit is refused", async () => {
+  const cfg = new URL("../bench/configs/qwen2.5-math-7b", import.meta.url).pathname;
+  const dry = await train([
+    "--model",
+    cfg,
+    "--data",
+    "/nonexistent.jsonl",
+    "--dry-run",
+    "--micro-batch",
+    "1",
+    "--seq-length",
+    "2048",
+    "--lora-rank",
+    "16",
+    "--recompute",
+  ]);
+  assertEquals(dry.code, 0, dry.stderr);
+  assert(
+    /7\.62B parameters/.test(dry.stdout) && /fits in 24 GB: (yes|no)/.test(dry.stdout),
+    dry.stdout,
+  );
+  const refused = await train(["--steps", "1", "--memory-limit", "0.01"]);
+  assertEquals(refused.code, 2);
+  assert(
+    refused.stderr.includes("--micro-batch") && refused.stderr.includes("--recompute") &&
+      refused.stderr.includes("--lora-rank"),
+    refused.stderr,
+  );
+});

@@ -1,0 +1,98 @@
+/**
+ * How much GPU memory a training update needs, estimated before allocating
+ * anything: weights, gradients, optimizer state, EM-RL's reference, and the
+ * activations one micro-batch keeps for backward. The activation count
+ * follows the decoder's composed forward op by op (every intermediate stays
+ * alive until backward ends), each buffer rounded to the pool's size class.
+ * @module
+ */
+import { sizeClass } from "../engine/device.ts";
+import type { DecoderConfig } from "../engine/model/decoder.ts";
+
+export interface MemoryPlan {
+  /** Sequences per forward/backward and their padded length. */
+  microBatch: number;
+  seqLength: number;
+  /** Scored positions per micro-batch (response tokens). */
+  scored: number;
+  /** Bytes per stored weight element: 4 (f32 training), or the checkpoint's 2 under LoRA. */
+  weightBytes: 2 | 4;
+  lora: { rank: number; targets: number } | null;
+  recompute: boolean;
+  /** EM-RL with a KL term and no LoRA: a frozen f32 copy of the weights. */
+  reference: boolean;
+  /** Rows of the head per chunk (binding-limited); default as the trainer's headAt. */
+  maxBinding: number;
+}
+
+export interface MemoryEstimate {
+  weights: number;
+  adapters: number;
+  gradients: number;
+  optimizer: number;
+  reference: number;
+  activations: number;
+  total: number;
+}
+
+const f32 = (n: number) => (n > 0 ? sizeClass(4 * n) : 0);
+
+/** Parameter count of a config. */
+export function parameterCount(c: DecoderConfig): number {
+  const q = c.numHeads * c.headDim;
+  const kv = c.numKvHeads * c.headDim;
+  const layer = 2 * c.hiddenSize + c.hiddenSize * (q + 2 * kv) + q * c.hiddenSize +
+    3 * c.hiddenSize * c.intermediateSize + (c.attentionBias ? q + 2 * kv : 0) +
+    (c.qkNorm ? 2 * c.headDim : 0);
+  return c.vocabSize * c.hiddenSize * (c.tieWordEmbeddings ? 1 : 2) + c.hiddenSize +
+    c.numLayers * layer;
+}
+
+/** The activations one layer's composed forward keeps, in pool bytes, for N tokens of m rows. */
+export function layerActivations(c: DecoderConfig, m: number, T: number): number {
+  const N = m * T;
+  const C = c.hiddenSize;
+  const q = c.numHeads * c.headDim;
+  const kv = c.numKvHeads * c.headDim;
+  const I = c.intermediateSize;
+  const scores = m * c.numHeads * T * T;
+  let b = f32(N * C) + f32(N); // input RMSNorm and its rstd
+  b += f32(N * q) * (c.attentionBias ? 2 : 1) + f32(N * q) * 2; // q linear (+bias), permute, rope
+  b += f32(N * kv) * (c.attentionBias ? 2 : 1) + f32(N * kv) * 2; // k
+  b += f32(N * kv) * (c.attentionBias ? 2 : 1) + f32(N * kv); // v
+  if (c.qkNorm) b += f32(N * q) + f32(N * c.numHeads) + f32(N * kv) + f32(N * c.numKvHeads);
+  if (c.numHeads !== c.numKvHeads) b += 2 * f32(N * q); // GQA: K and V repeated per query head
+  b += 4 * f32(scores) + f32(N * q); // q·kᵀ, scaled, + mask, softmax; p·v
+  b += f32(N * q) + 2 * f32(N * C); // permute, o projection, residual
+  b += f32(N * C) + f32(N); // post-attention RMSNorm
+  b += 4 * f32(N * I) + 2 * f32(N * C); // gate, up, silu, product; down, residual
+  return b;
+}
+
+/** Estimates an update's GPU bytes for `config` under `plan`. */
+export function estimateTraining(c: DecoderConfig, plan: MemoryPlan): MemoryEstimate {
+  const P = parameterCount(c);
+  const { microBatch: m, seqLength: T } = plan;
+  const N = m * T;
+  const weights = P * plan.weightBytes;
+  const loraParams = plan.lora
+    ? plan.lora.targets * c.numLayers * plan.lora.rank * (c.hiddenSize + c.intermediateSize)
+    : 0;
+  const trainable = plan.lora ? loraParams : P;
+  const gradients = 4 * trainable;
+  const optimizer = 8 * trainable;
+  const reference = plan.reference && !plan.lora ? 4 * P : 0;
+  // embedding, rope tables, mask, final norm; then the layers (all, or one plus the inputs)
+  let activations = 2 * f32(N * c.hiddenSize) + f32(N) + 2 * f32(N * c.headDim) + f32(m * T * T);
+  const layer = layerActivations(c, m, T);
+  activations += plan.recompute
+    ? c.numLayers * f32(N * c.hiddenSize) + layer // the layers' inputs; one layer recomputed
+    : c.numLayers * layer;
+  // gradients in flight during backward: the largest are the MLP's and the attention scores'
+  activations += 2 * f32(N * c.intermediateSize) + 2 * f32(m * c.numHeads * T * T);
+  // the head over the scored positions, in row chunks that fit a binding: logits and their gradient
+  const rows = Math.max(1, Math.min(plan.scored, Math.floor(plan.maxBinding / (4 * c.vocabSize))));
+  activations += f32(plan.scored * c.hiddenSize) + 3 * f32(rows * c.vocabSize);
+  const total = weights + loraParams * 4 + gradients + optimizer + reference + activations;
+  return { weights, adapters: loraParams * 4, gradients, optimizer, reference, activations, total };
+}
