@@ -294,6 +294,12 @@ const RUN_FILES = ["metrics.jsonl", "checkpoint", "best"];
 
 const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
 
+/** Total system memory in bytes, or null without the permission to read it. */
+function systemMemory(): number | null {
+  const state = Deno.permissions.querySync({ name: "sys", kind: "systemMemoryInfo" }).state;
+  return state === "granted" ? Deno.systemMemoryInfo().total : null;
+}
+
 /** The estimate of an update's GPU memory for these flags, and the limit it must fit. */
 async function memoryPlan(
   modelDir: string,
@@ -320,7 +326,8 @@ async function memoryPlan(
   });
   // WebGPU reports no device memory size: by default, this machine's memory (a CPU adapter's)
   const limitGb = numberFlag(flags, "memory-limit", is.positive);
-  const limit = limitGb !== undefined ? limitGb * 2 ** 30 : Deno.systemMemoryInfo().total;
+  // (when the process may read it: deno task train allows it; otherwise no limit)
+  const limit = limitGb !== undefined ? limitGb * 2 ** 30 : systemMemory() ?? Infinity;
   return { config, estimate, limit };
 }
 
@@ -438,7 +445,7 @@ export async function main(args: string[]): Promise<number> {
     );
   } catch (e) {
     console.error(`error: ${(e as Error).message}`);
-    return 2;
+    return 1;
   }
   if (flags["dry-run"]) {
     console.log(dryRunReport(plan.config, plan.estimate, modelFlag ?? DEMO_MODEL, options));
