@@ -109,6 +109,17 @@ EM-RL:
 
 An OUT that already holds a run is refused unless --resume or --overwrite is given.`;
 
+/** Flags only EM-RL reads (refused without --method em-rl). */
+const EM_RL_FLAGS = [
+  "reward",
+  "reward-reduce",
+  "estimator",
+  "clip-ratio",
+  "ppo-epochs",
+  "ppo-mini-batch",
+  "kl-coef",
+];
+
 const STRING_FLAGS = [
   "method",
   "model",
@@ -132,13 +143,7 @@ const STRING_FLAGS = [
   "save-every",
   "target-accuracy",
   "stop-on-collapse",
-  "reward",
-  "reward-reduce",
-  "estimator",
-  "clip-ratio",
-  "ppo-epochs",
-  "ppo-mini-batch",
-  "kl-coef",
+  ...EM_RL_FLAGS,
   "lora-rank",
   "lora-alpha",
   "lora-targets",
@@ -186,16 +191,7 @@ export function parseTrainFlags(
     }
     return v as T;
   };
-  const rlFlags = [
-    "reward",
-    "reward-reduce",
-    "estimator",
-    "clip-ratio",
-    "ppo-epochs",
-    "ppo-mini-batch",
-    "kl-coef",
-  ];
-  const stray = rlFlags.find((f) => flags[f] !== undefined);
+  const stray = EM_RL_FLAGS.find((f) => flags[f] !== undefined);
   if (method !== "em-rl" && stray) {
     throw new Error(`--${stray} is an EM-RL flag: add --method em-rl`);
   }
