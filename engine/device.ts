@@ -454,13 +454,13 @@ export class Device {
     this.copy(this.errorBuffer, 0, staging, total, ERROR_BYTES);
     this.flush();
     try {
-      await staging.mapAsync(GPUMapMode.READ, 0, staging.size);
+      await staging.mapAsync(GPUMapMode.READ, 0, total + ERROR_BYTES);
     } catch (e) {
       this.#check();
       throw new DeviceError(`reading back from the GPU failed: ${(e as Error).message}`);
     }
     this.#check();
-    const mapped = staging.getMappedRange(0, staging.size);
+    const mapped = staging.getMappedRange(0, total + ERROR_BYTES);
     const out = parts.map((p, k) => mapped.slice(at[k], at[k] + p.bytes));
     const errors = new Int32Array(mapped.slice(total, total + ERROR_BYTES));
     staging.unmap();
