@@ -128,3 +128,10 @@ export async function fixturePromptsAndResponses(name: string) {
   const responses = [0, 1].map((b) => Array.from(ids.slice(b * T + P, (b + 1) * T)));
   return { prompts, responses, ids, mask, tensors };
 }
+
+/** Every weight of a model, flattened (to compare runs bit for bit). */
+export async function weights(model: { tensors(): Tensor[] }): Promise<number[]> {
+  const out: number[] = [];
+  for (const t of model.tensors()) out.push(...await t.toArray());
+  return out;
+}

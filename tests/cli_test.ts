@@ -1,4 +1,5 @@
 import { assert, assertEquals } from "@std/assert";
+import { runCli } from "./_cli.ts";
 
 const CLI = new URL("../train/cli.ts", import.meta.url).pathname;
 const HF = new URL("./fixtures/hf/", import.meta.url).pathname;
@@ -167,18 +168,6 @@ Deno.test("eval CLI demo: every method on the demo problems with a comparison ta
   }
   assert(/EM-INF costs [\d.]+x plain sampling per generated token/.test(text), text);
 });
-
-/** Runs a CLI module with the project's config; returns code, stdout and stderr. */
-async function runCli(module: string, args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL(module, import.meta.url).pathname, ...args],
-    env: { XDG_RUNTIME_DIR: "/tmp" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder();
-  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
-}
 
 /** A demo-model copy with a NaN in one weight. */
 async function nanDemoModel(dir: string): Promise<string> {

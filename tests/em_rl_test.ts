@@ -6,7 +6,6 @@
  */
 import { device } from "../engine/device.ts";
 import { loadModel } from "../engine/model/checkpoint.ts";
-import type { CausalLM } from "../engine/model/decoder.ts";
 import { mul, sum } from "../engine/ops/mod.ts";
 import { toFloat32 } from "../engine/safetensors.ts";
 import { noGrad, tidy } from "../engine/scope.ts";
@@ -32,6 +31,7 @@ import {
   fixturePromptsAndResponses,
   gpuTest,
   tinyModelWithTokenizer,
+  weights,
 } from "./_helpers.ts";
 
 const HF = new URL("./fixtures/hf/", import.meta.url).pathname;
@@ -301,12 +301,6 @@ const quick: Partial<TrainOptions> = {
   lr: 3e-3,
   seed: 11,
 };
-
-async function weights(model: CausalLM): Promise<number[]> {
-  const out: number[] = [];
-  for (const t of model.tensors()) out.push(...await t.toArray());
-  return out;
-}
 
 Deno.test({
   name: "EM-RL: the first PPO epoch has ratio 1; a second epoch moves it away from 1",

@@ -7,6 +7,7 @@ import { estimateTraining } from "../train/memory.ts";
 import { packSequences, scoredBatch } from "../train/objective.ts";
 import { accumulateGradients } from "../train/trainer.ts";
 import { assert, assertEquals } from "@std/assert";
+import { runCli } from "./_cli.ts";
 import { gpuTest } from "./_helpers.ts";
 
 const HF = new URL("./fixtures/hf/", import.meta.url).pathname;
@@ -66,20 +67,9 @@ Deno.test({
   },
 });
 
-async function train(args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL("../train/cli.ts", import.meta.url).pathname, ...args],
-    env: { XDG_RUNTIME_DIR: "/tmp" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder();
-  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
-}
-
 Deno.test("--dry-run prints the estimate from config.json alone; a run past --memory-limit is refused", async () => {
   const cfg = new URL("../bench/configs/qwen2.5-math-7b", import.meta.url).pathname;
-  const dry = await train([
+  const dry = await runCli("../train/cli.ts", [
     "--model",
     cfg,
     "--data",
@@ -98,7 +88,7 @@ Deno.test("--dry-run prints the estimate from config.json alone; a run past --me
     /7\.62B parameters/.test(dry.stdout) && /fits in 24 GB: (yes|no)/.test(dry.stdout),
     dry.stdout,
   );
-  const refused = await train(["--steps", "1", "--memory-limit", "0.01"]);
+  const refused = await runCli("../train/cli.ts", ["--steps", "1", "--memory-limit", "0.01"]);
   assertEquals(refused.code, 2);
   assert(
     refused.stderr.includes("--micro-batch") && refused.stderr.includes("--recompute") &&

@@ -1,6 +1,5 @@
 /** The trainer: its loss path against transformers, runs that learn, resume, divergence, checkpoints. */
 import { loadModel } from "../engine/model/checkpoint.ts";
-import type { CausalLM } from "../engine/model/decoder.ts";
 import { toFloat32 } from "../engine/safetensors.ts";
 import { noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
@@ -22,6 +21,7 @@ import {
   fixturePromptsAndResponses,
   gpuTest,
   tinyModelWithTokenizer,
+  weights,
 } from "./_helpers.ts";
 
 const HF = new URL("./fixtures/hf/", import.meta.url).pathname;
@@ -78,12 +78,6 @@ const quick: Partial<TrainOptions> = {
   lr: 3e-3,
   seed: 7,
 };
-
-async function weights(model: CausalLM): Promise<number[]> {
-  const out: number[] = [];
-  for (const t of model.tensors()) out.push(...await t.toArray());
-  return out;
-}
 
 Deno.test({
   name: "a short EM-FT run lowers the mean response entropy; an SFT run lowers the cross-entropy",
