@@ -84,7 +84,7 @@ export {
   saveModel,
 } from "./engine/model/checkpoint.ts";
 export { type ChatMessage, loadTokenizer, QwenTokenizer } from "./engine/model/tokenizer.ts";
-export { attention, attentionBias, linear, rmsNorm, ropeTables } from "./engine/nn.ts";
+export { attentionBias, composedAttention, linear, rmsNorm, ropeTables } from "./engine/nn.ts";
 export {
   generate,
   type GenerateOptions,

@@ -4,15 +4,7 @@
  * mask. Fused kernels can replace them once a measurement asks for it.
  * @module
  */
-import {
-  add,
-  broadcastTo,
-  matmul,
-  matmulStridedB,
-  mulScalar,
-  reshape,
-  softmax,
-} from "./ops/mod.ts";
+import { add, broadcastTo, matmul, mulScalar, reshape, softmax } from "./ops/mod.ts";
 import { Tensor } from "./tensor.ts";
 
 /** y = x·Wᵀ + b for W (out, in) as Hugging Face stores it. x (..., in) -> (..., out). */
@@ -84,10 +76,18 @@ export function attentionBias(
 }
 
 /**
- * softmax(q·kᵀ·scale + bias)·v with grouped-query heads.
+ * softmax(q·kᵀ·scale + bias)·v with grouped-query heads, composed from tested
+ * ops: the reference the fused `attention` op is checked against, and the
+ * baseline of its bench. It keeps the (B, H, T, S) probabilities for backward.
  * q (B, H, T, D), k and v (B, Hkv, S, D), bias (B, 1, T, S) -> (B, H, T, D).
  */
-export function attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: number): Tensor {
+export function composedAttention(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  bias: Tensor,
+  scale: number,
+): Tensor {
   const [B, H, , D] = q.shape;
   const [, Hkv, S] = k.shape;
   if (H !== Hkv) {
@@ -100,29 +100,4 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: 
   }
   const scores = add(mulScalar(matmul(q, k, { transB: true }), scale), bias); // (B, H, T, S)
   return matmul(softmax(scores), v);
-}
-
-/**
- * Attention over a KV cache read in place: q (B, H, T, D) against the first
- * S positions of keys and values (B, Hkv, maxLength, D), GQA heads sharing
- * their cached K/V with no copy (q's heads of one KV head are one batch of
- * rep*T rows). Inference only (no tape). bias (B, 1, T, S) -> (B, H, T, D).
- */
-export function cachedAttention(
-  q: Tensor,
-  keys: Tensor,
-  values: Tensor,
-  S: number,
-  bias: Tensor,
-  scale: number,
-): Tensor {
-  const [B, H, T, D] = q.shape;
-  const [, Hkv, maxLength] = keys.shape;
-  const rows = (H / Hkv) * T;
-  const slab = maxLength * D; // one (b, kv head)'s cache
-  const qg = q.view([B * Hkv, rows, D]);
-  const s = matmulStridedB(qg, keys, { N: S, transB: true, bBatchStride: slab }); // (B*Hkv, rows, S)
-  const scores = add(mulScalar(s.view([B, H, T, S]), scale), bias);
-  const p = softmax(scores).view([B * Hkv, rows, S]);
-  return matmulStridedB(p, values, { N: D, transB: false, bBatchStride: slab }).view([B, H, T, D]);
 }

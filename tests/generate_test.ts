@@ -189,7 +189,9 @@ Deno.test({
       assertEquals(r.tokens, run.tokens, name);
       assertEquals(r.finished, run.finished, name);
       if (run.entropies) {
-        assertClose(r.entropies!.flat(), run.entropies.flat(), { atol: 0, rtol: 0 }, name);
+        // the fused attention (issue 12) sums in another order than the stored run's
+        // composed one: tokens stay exact, entropies agree to float32 rounding
+        assertClose(r.entropies!.flat(), run.entropies.flat(), { atol: 1e-6, rtol: 1e-5 }, name);
       }
     }
     demo.dispose();
@@ -228,31 +230,5 @@ Deno.test({
     assertEquals(ahead.tokens[0].length, 1, "row 0 finished at the first step");
     assert(ahead.tokens.some((t) => t.length === 23), "a row reached maxNewTokens");
     model.dispose();
-  },
-});
-
-Deno.test({
-  name:
-    "cachedAttention() reads the KV cache in place and equals the composed attention (S 1, 7, 300; GQA 2:1, 7:1)",
-  ...gpuTest,
-  fn: async () => {
-    const { attention, attentionBias, cachedAttention } = await import("../engine/nn.ts");
-    const { randomNormal, slice } = await import("../engine/ops/mod.ts");
-    for (const [H, Hkv, D] of [[4, 2, 16], [14, 2, 64]]) {
-      for (const [S, T] of [[1, 1], [7, 1], [7, 3], [300, 1]]) {
-        const [B, maxLength] = [2, 320];
-        const q = randomNormal([B, H, T, D], { seed: S });
-        const keys = randomNormal([B, Hkv, maxLength, D], { seed: 2 * S + 1 });
-        const values = randomNormal([B, Hkv, maxLength, D], { seed: 3 * S + 2 });
-        const mask = Array.from({ length: B * S }, (_, i) => (i === S ? 0 : 1)); // row 1 pads its first
-        const bias = attentionBias(mask, B, T, S);
-        const got = await noGrad(() => tidy(() => cachedAttention(q, keys, values, S, bias, 0.125)))
-          .toArray();
-        const want = await noGrad(() =>
-          tidy(() => attention(q, slice(keys, 2, 0, S), slice(values, 2, 0, S), bias, 0.125))
-        ).toArray();
-        assertEquals(Array.from(got), Array.from(want), `H ${H} Hkv ${Hkv} S ${S} T ${T}`);
-      }
-    }
   },
 });

@@ -300,6 +300,18 @@ for (const shape of [[3, 17], [2, 3, 64], [1, 1]]) {
   });
 }
 
+// fused attention: causal, a padding key, GQA 2:1, S > T (3 earlier keys)
+{
+  const [B, H, Hkv, T, S, D] = [2, 4, 2, 3, 6, 8];
+  const mask = Array.from({ length: B * S }, (_, i) => (i === S + 1 ? 0 : 1));
+  cases.push({
+    name: `attention() q [${[B, H, T, D]}] kv [${[B, Hkv, S, D]}]`,
+    inputs: [U([B, H, T, D]), U([B, Hkv, S, D]), U([B, Hkv, S, D])],
+    gpu: ([q, k, v]) => ops.attention(q, k, v, { scale: 0.35, keyMask: Tensor.from(mask, [B, S]) }),
+    ref: ([q, k, v]) => ops.attentionReference(q, k, v, mask, 0.35),
+  });
+}
+
 for (const c of cases) {
   Deno.test({
     name: `${c.name} forward matches the CPU reference and backward matches finite differences`,

@@ -2,8 +2,9 @@
  * How much GPU memory a training update needs, estimated before allocating
  * anything: weights, gradients, optimizer state, EM-RL's reference, and the
  * activations one micro-batch keeps for backward. The activation count
- * follows the decoder's composed forward op by op (every intermediate stays
- * alive until backward ends), each buffer rounded to the pool's size class.
+ * follows the decoder's forward op by op (every intermediate stays alive
+ * until backward ends), each buffer rounded to the pool's size class. The
+ * fused attention keeps O(T) per layer: its output and one log-sum-exp per row.
  * @module
  */
 import { sizeClass } from "../engine/device.ts";
@@ -48,21 +49,19 @@ export function parameterCount(c: DecoderConfig): number {
     c.numLayers * layer;
 }
 
-/** The activations one layer's composed forward keeps, in pool bytes, for N tokens of m rows. */
+/** The activations one layer's forward keeps, in pool bytes, for N tokens of m rows. */
 export function layerActivations(c: DecoderConfig, m: number, T: number): number {
   const N = m * T;
   const C = c.hiddenSize;
   const q = c.numHeads * c.headDim;
   const kv = c.numKvHeads * c.headDim;
   const I = c.intermediateSize;
-  const scores = m * c.numHeads * T * T;
   let b = f32(N * C) + f32(N); // input RMSNorm and its rstd
   b += f32(N * q) * (c.attentionBias ? 2 : 1) + f32(N * q) * 2; // q linear (+bias), permute, rope
   b += f32(N * kv) * (c.attentionBias ? 2 : 1) + f32(N * kv) * 2; // k
   b += f32(N * kv) * (c.attentionBias ? 2 : 1) + f32(N * kv); // v
   if (c.qkNorm) b += f32(N * q) + f32(N * c.numHeads) + f32(N * kv) + f32(N * c.numKvHeads);
-  if (c.numHeads !== c.numKvHeads) b += 2 * f32(N * q); // GQA: K and V repeated per query head
-  b += 4 * f32(scores) + f32(N * q); // q·kᵀ, scaled, + mask, softmax; p·v
+  b += f32(N * q) + f32(N * c.numHeads); // fused attention: output and log-sum-exp
   b += f32(N * q) + 2 * f32(N * C); // permute, o projection, residual
   b += f32(N * C) + f32(N); // post-attention RMSNorm
   b += 4 * f32(N * I) + 2 * f32(N * C); // gate, up, silu, product; down, residual
@@ -82,17 +81,18 @@ export function estimateTraining(c: DecoderConfig, plan: MemoryPlan): MemoryEsti
   const gradients = 4 * trainable;
   const optimizer = 8 * trainable;
   const reference = plan.reference && !plan.lora ? 4 * P : 0;
-  // embedding, rope tables, mask, final norm; then the layers (all, or one plus the inputs)
-  let activations = 2 * f32(N * c.hiddenSize) + f32(N) + 2 * f32(N * c.headDim) + f32(m * T * T);
+  // embedding, rope tables, key mask, final norm; then the layers (all, or one plus the inputs)
+  let activations = 2 * f32(N * c.hiddenSize) + f32(N) + 2 * f32(N * c.headDim) + f32(N);
   const layer = layerActivations(c, m, T);
   activations += plan.recompute
     ? c.numLayers * f32(N * c.hiddenSize) + layer // the layers' inputs; one layer recomputed
     : c.numLayers * layer;
-  // gradients in flight during backward: the largest are the MLP's and the attention scores'
-  activations += 2 * f32(N * c.intermediateSize) + 2 * f32(m * c.numHeads * T * T);
-  // the head over the scored positions, in row chunks that fit a binding: logits and their gradient
+  // then the larger of two phases: the head over the scored positions, in row chunks that
+  // fit a binding (its input rows, logits, their gradient), and a layer's backward (the MLP's
+  // gradients in flight, and the residual stream's gradient in and out)
   const rows = Math.max(1, Math.min(plan.scored, Math.floor(plan.maxBinding / (4 * c.vocabSize))));
-  activations += f32(plan.scored * c.hiddenSize) + 3 * f32(rows * c.vocabSize);
+  const head = f32(plan.scored * c.hiddenSize) + 3 * f32(rows * c.vocabSize);
+  activations += Math.max(head, 2 * f32(N * c.intermediateSize) + 2 * f32(N * c.hiddenSize));
   const total = weights + loraParams * 4 + gradients + optimizer + reference + activations;
   return { weights, adapters: loraParams * 4, gradients, optimizer, reference, activations, total };
 }

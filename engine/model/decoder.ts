@@ -8,9 +8,10 @@
  */
 import { checkpoint } from "../autograd.ts";
 import { device } from "../device.ts";
-import { attention, attentionBias, cachedAttention, linear, rmsNorm, ropeTables } from "../nn.ts";
+import { linear, rmsNorm, ropeTables } from "../nn.ts";
 import {
   add,
+  attention,
   concat,
   embedding,
   fill,
@@ -403,7 +404,7 @@ export class DecoderLM implements CausalLM {
       throw new Error(`forward: positionIds has ${positions.length} values, expected ${B}x${T}`);
     }
     const { cos, sin } = ropeTables(positions, B, T, c.headDim, c.ropeTheta);
-    const bias = attentionBias(mask, B, T, S);
+    const keyMask = Tensor.from(mask, [B, S]); // (B, S): 0 for padding keys
     const scale = 1 / Math.sqrt(c.headDim);
     const heads = (x: Tensor, n: number, norm: Tensor | null) => {
       let h = reshape(x, [B, T, n, c.headDim]);
@@ -421,9 +422,10 @@ export class DecoderLM implements CausalLM {
       const k = rope(heads(lin(h, L.k, L.kBias, n.k), c.numKvHeads, L.kNorm), cos, sin);
       const v = heads(lin(h, L.v, L.vBias, n.v), c.numKvHeads, null);
       cache?.write(i, k, v);
+      // fused: causal and padding masked, GQA and the cache read in place, O(T) memory
       const attended = cache
-        ? cachedAttention(q, cache.keys[i], cache.values[i], S, bias, scale) // reads in place
-        : attention(q, k, v, bias, scale);
+        ? attention(q, cache.keys[i], cache.values[i], { scale, keyMask, keys: S })
+        : attention(q, k, v, { scale, keyMask });
       const a = permute(attended, [0, 2, 1, 3]); // (B, T, H, D)
       const x1 = add(x, lin(reshape(a, [B, T, c.numHeads * c.headDim]), L.o, null, n.o));
       const h2 = rmsNorm(x1, L.postNorm, c.rmsNormEps);

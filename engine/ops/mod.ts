@@ -9,3 +9,4 @@ export * from "./embedding.ts";
 export { fill, randomNormal } from "./fill.ts";
 export { rmsNorm, rope } from "./norm.ts";
 export { nonFiniteCounts, nonFiniteCountsReference } from "./finite.ts";
+export { attention, type AttentionOptions, attentionReference } from "./attention.ts";
