@@ -289,3 +289,129 @@ var<workgroup> dt: array<f32, TILE>;`,
   }`,
   });
 });
+
+/** Keys per tile of the decode kernel: one score per invocation. */
+export const DECODE_KEYS = 64;
+
+/**
+ * Forward for few query rows (decoding): one workgroup per query row, the
+ * keys of a tile spread over its 64 invocations (one score each), then each
+ * invocation accumulates its own output dims over the tile. Every invocation
+ * works, where the row-per-invocation forward would leave most of 32 idle.
+ * Same outputs as the forward: o (B, H, T, D), lse (B, H, T). Workgroups (rows, B * Hkv).
+ */
+export const attentionDecodeKernel = memoKernel((D: number) => {
+  checkHeadDim(D);
+  const perThread = Math.ceil(D / DECODE_KEYS);
+  return declareKernel({
+    label: `attention_decode_d${D}`,
+    inputs: { q: "vec4<f32>", k: "vec4<f32>", v: "f32", key_mask: "f32" },
+    outputs: { o: "f32", lse: "f32" },
+    params: PARAMS,
+    grid: "workgroups",
+    workgroupSize: [DECODE_KEYS],
+    helpers: common(D) + /* wgsl */ `
+const KT = ${DECODE_KEYS}u;
+const DPT = ${perThread}u; // output dims per invocation: lid, lid + 64, ...
+var<workgroup> sc: array<f32, KT>;`,
+    main: /* wgsl */ `
+  let group = wid.y;
+  let b = group / params.hkv;
+  let row = wid.x;
+  let t = row % params.T;
+  let r = group * params.rows + row;
+  let kvbase = group * (params.kv_stride / 4u);
+  var qs: array<vec4<f32>, D4>;
+  for (var i = 0u; i < D4; i++) { qs[i] = q[r * D4 + i] * params.scale; }
+  var acc: array<f32, DPT>;
+  var m = NONE;
+  var l = 0.0;
+  let kend = min(params.S, params.past + t + 1u);
+  for (var s0 = 0u; s0 < kend; s0 += KT) {
+    let s = s0 + lid.x;
+    var x = NONE;
+    if (s < kend && sees(b, t, s)) {
+      var d = vec4(0.0);
+      for (var i = 0u; i < D4; i++) { d += qs[i] * k[kvbase + s * D4 + i]; }
+      x = d.x + d.y + d.z + d.w;
+    }
+    sc[lid.x] = x;
+    workgroupBarrier();
+    var tm = m;
+    for (var j = 0u; j < KT; j++) { tm = max(tm, sc[j]); }
+    let corr = exp(m - tm);
+    l *= corr;
+    for (var c = 0u; c < DPT; c++) { acc[c] *= corr; }
+    let n = min(KT, kend - s0);
+    for (var j = 0u; j < n; j++) {
+      if (sc[j] > NONE) {
+        let p = exp(sc[j] - tm);
+        l += p;
+        let vrow = (kvbase + (s0 + j) * D4) * 4u;
+        for (var c = 0u; c < DPT; c++) {
+          let dim = lid.x + c * KT;
+          if (dim < ${D}u) { acc[c] += p * v[vrow + dim]; }
+        }
+      }
+    }
+    m = tm;
+    workgroupBarrier();
+  }
+  let inv = select(0.0, 1.0 / l, l > 0.0);
+  for (var c = 0u; c < DPT; c++) {
+    let dim = lid.x + c * KT;
+    if (dim < ${D}u) { o[r * ${D}u + dim] = acc[c] * inv; }
+  }
+  if (lid.x == 0u) { lse[r] = select(0.0, m + log(l), l > 0.0); }`,
+  });
+});
+
+/**
+ * Forward with one invocation per query row and no workgroup memory or
+ * barriers, K/V read straight from the cache: for decoding many rows
+ * (B·H ≥ 64), where a workgroup per row costs more than it shares.
+ * Same outputs as the forward. Grid: elements, one per (B, H, T) row.
+ */
+export const attentionRowsKernel = memoKernel((D: number) => {
+  checkHeadDim(D);
+  return declareKernel({
+    label: `attention_rows_d${D}`,
+    inputs: { q: "vec4<f32>", k: "vec4<f32>", v: "vec4<f32>", key_mask: "f32" },
+    outputs: { o: "vec4<f32>", lse: "f32" },
+    params: { ...PARAMS, n: "u32" },
+    grid: "elements",
+    workgroupSize: [64],
+    helpers: common(D),
+    main: /* wgsl */ `
+  let r = flat_index(gid, nwg);
+  if (r >= params.n) { return; }
+  let group = r / params.rows;
+  let b = group / params.hkv;
+  let t = (r % params.rows) % params.T;
+  let kvbase = group * (params.kv_stride / 4u);
+  var qs: array<vec4<f32>, D4>;
+  var acc: array<vec4<f32>, D4>;
+  for (var i = 0u; i < D4; i++) { qs[i] = q[r * D4 + i] * params.scale; acc[i] = vec4(0.0); }
+  var m = NONE;
+  var l = 0.0;
+  let kend = min(params.S, params.past + t + 1u);
+  for (var s = 0u; s < kend; s++) {
+    if (!sees(b, t, s)) { continue; }
+    var d = vec4(0.0);
+    for (var i = 0u; i < D4; i++) { d += qs[i] * k[kvbase + s * D4 + i]; }
+    let x = d.x + d.y + d.z + d.w;
+    if (x > m) {
+      let corr = exp(m - x);
+      l *= corr;
+      for (var i = 0u; i < D4; i++) { acc[i] *= corr; }
+      m = x;
+    }
+    let p = exp(x - m);
+    l += p;
+    for (var i = 0u; i < D4; i++) { acc[i] += p * v[kvbase + s * D4 + i]; }
+  }
+  let inv = select(0.0, 1.0 / l, l > 0.0);
+  for (var i = 0u; i < D4; i++) { o[r * D4 + i] = acc[i] * inv; }
+  lse[r] = select(0.0, m + log(l), l > 0.0);`,
+  });
+});

@@ -28,6 +28,12 @@ const cases: Case[] = [
   { B: 2, H: 2, Hkv: 1, T: 130, S: 130, D: 128, pad: 5 },
   { B: 2, H: 7, Hkv: 1, T: 7, S: 20, D: 128, pad: 4 }, // S != T: 13 cached keys
   { B: 1, H: 4, Hkv: 2, T: 33, S: 40, D: 16, pad: 0 },
+  // few query rows per group (decoding): the decode kernel, several key tiles, 2 dims per invocation
+  { B: 2, H: 4, Hkv: 2, T: 1, S: 150, D: 128, pad: 70 },
+  { B: 1, H: 8, Hkv: 2, T: 2, S: 9, D: 32, pad: 0 },
+  // few rows per group but >= 64 rows in all: the row-per-invocation decode kernel
+  { B: 4, H: 16, Hkv: 8, T: 1, S: 70, D: 32, pad: 30 },
+  { B: 3, H: 14, Hkv: 2, T: 2, S: 5, D: 64, pad: 4 },
 ];
 
 function keyMaskOf(c: Case): number[] {

@@ -8,7 +8,9 @@
 import {
   attentionBackwardKeysKernel,
   attentionBackwardQueryKernel,
+  attentionDecodeKernel,
   attentionForwardKernel,
+  attentionRowsKernel,
   ATTN_KEYS,
   ATTN_ROWS,
 } from "../../kernels/attention.ts";
@@ -16,6 +18,15 @@ import { record } from "../autograd.ts";
 import { launch } from "../launch.ts";
 import { Tensor } from "../tensor.ts";
 import type { NDArray } from "./_reference.ts";
+
+/**
+ * Groups with at most this many query rows (H/Hkv · T: decoding) take a
+ * decode kernel: keys spread over a workgroup when there are few rows in all,
+ * one invocation per row when there are at least DECODE_MANY_ROWS. More rows
+ * per group take the tiled kernel, which shares each K/V tile among them.
+ */
+export const DECODE_MAX_ROWS = 8;
+export const DECODE_MANY_ROWS = 64;
 
 export interface AttentionOptions {
   /** Multiplies q·k (1/sqrt(head_dim) for Qwen). */
@@ -66,8 +77,14 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOpt
   const o = Tensor.empty(q.shape);
   const lse = Tensor.empty([B, H, T]);
   const groups = B * Hkv;
-  if (o.size > 0) {
-    launch(attentionForwardKernel(D), { q, k, v, key_mask: keyMask, o, lse }, params, [
+  const buffers = { q, k, v, key_mask: keyMask, o, lse };
+  const allRows = B * H * T;
+  if (o.size > 0 && params.rows <= DECODE_MAX_ROWS && allRows >= DECODE_MANY_ROWS) {
+    launch(attentionRowsKernel(D), buffers, { ...params, n: allRows }, allRows);
+  } else if (o.size > 0 && params.rows <= DECODE_MAX_ROWS) {
+    launch(attentionDecodeKernel(D), buffers, params, [params.rows, groups]);
+  } else if (o.size > 0) {
+    launch(attentionForwardKernel(D), buffers, params, [
       Math.ceil(params.rows / ATTN_ROWS),
       groups,
     ]);
