@@ -6,13 +6,24 @@
  *   of attention alone, and its share of one decoder layer's step;
  * - decoding, one query row against a cache: ms per call.
  *
- *   deno task bench:attention [--layer]   (--layer also times a whole decoder layer for the share)
+ *   deno task bench:attention [--layer]
+ *
+ * --layer also times one whole decoder layer of that shape (forward +
+ * backward, f32, fused attention) to give attention's share of a layer's
+ * step; the composed share puts the composed attention time in place of the
+ * fused one. About 3 minutes more on a 2-core CPU adapter.
  */
+import { parseArgs } from "@std/cli";
 import { device, initDevice } from "../engine/device.ts";
+import { randomModel } from "../engine/model/decoder.ts";
+import { parseQwenConfig } from "../engine/model/qwen.ts";
 import { attentionBias, composedAttention } from "../engine/nn.ts";
 import { attention, mean, randomNormal, sum } from "../engine/ops/mod.ts";
 import { noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
+import { QWEN25_05B } from "./_qwen05b.ts";
+
+const flags = parseArgs(Deno.args, { boolean: ["layer"] });
 
 const dev = await initDevice();
 console.log(`adapter: ${dev.info.description}`);
@@ -56,7 +67,32 @@ function trainStep(fused: boolean, B: number, T: number) {
   };
 }
 
+/** One Qwen2.5-0.5B-shaped decoder layer (f32, a 64-token vocabulary): forward + backward of sum(hidden). */
+async function layerStep(T: number) {
+  const config = parseQwenConfig(
+    { ...QWEN25_05B, num_hidden_layers: 1, vocab_size: 64, torch_dtype: "float32" },
+    "bench layer",
+  );
+  const model = randomModel(config, { trainable: true });
+  const ids = Tensor.from(Array.from({ length: T }, (_, i) => i % 64), [1, T], { dtype: "i32" });
+  const step = async () => {
+    const loss = tidy(() => {
+      const l = sum(model.hidden(ids));
+      l.backward();
+      return l;
+    });
+    await loss.item();
+    loss.dispose();
+    model.tensors().forEach((t) => (t.grad?.dispose(), t.grad = null));
+  };
+  const r = await time(step, 1);
+  ids.dispose();
+  model.dispose();
+  return r;
+}
+
 const rows: string[] = [];
+const shares: string[] = [];
 const limit = dev.info.maxStorageBufferBindingSize;
 for (const T of [512, 2048]) {
   const B = 1;
@@ -69,6 +105,20 @@ for (const T of [512, 2048]) {
     } | ${composed ? MiB(composed.peak) : `(B,H,T,T) scores ${MiB(scores)} MiB > binding limit`} |`,
   );
   console.log(rows.at(-1));
+  if (flags.layer) {
+    const layer = await layerStep(T);
+    const rest = layer.ms - fused.ms;
+    shares.push(
+      `| ${B}×${T} | ${(layer.ms / 1000).toFixed(1)} | ${
+        (100 * fused.ms / layer.ms).toFixed(0)
+      }% | ${
+        composed
+          ? `${(100 * composed.ms / (rest + composed.ms)).toFixed(0)}%`
+          : "does not fit a binding"
+      } | ${MiB(layer.peak)} |`,
+    );
+    console.log(shares.at(-1));
+  }
 }
 
 for (const [B, S] of [[1, 64], [1, 1024], [64, 40], [256, 40]]) {
@@ -104,3 +154,9 @@ console.log(
   "\n| work | B×T | fused ms | fused peak MiB | composed ms | composed peak MiB |\n| --- | --- | --- | --- | --- | --- |\n" +
     rows.join("\n"),
 );
+if (shares.length) {
+  console.log(
+    "\n| one decoder layer, fwd+bwd | layer s | fused attention share | composed attention share | layer peak MiB |\n| --- | --- | --- | --- | --- |\n" +
+      shares.join("\n"),
+  );
+}

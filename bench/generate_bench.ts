@@ -2,7 +2,9 @@
  * Decoding speed, before/after in one run on one adapter: the run-ahead loop
  * (ids read back in groups) against one readback per token (`readEvery: 1`,
  * the old loop). For each: tokens/s, ms per decoded token, dispatches and
- * readbacks (each an ~11 ms wait in Deno) per decoded token.
+ * readbacks (each an ~11 ms wait in Deno) per decoded token, and beside
+ * them the floor set by bandwidth: the weight bytes every step streams
+ * divided by the GEMV bandwidth measured here on the same adapter.
  *
  *   deno task bench:generate [--big]   (--big adds the Qwen2.5-0.5B-shaped bf16 model)
  */
@@ -11,6 +13,9 @@ import { initDevice } from "../engine/device.ts";
 import { loadModel } from "../engine/model/checkpoint.ts";
 import { type CausalLM, randomModel } from "../engine/model/decoder.ts";
 import { parseQwenConfig } from "../engine/model/qwen.ts";
+import { matmul, randomNormal } from "../engine/ops/mod.ts";
+import { noGrad, tidy } from "../engine/scope.ts";
+import { DTYPE_BYTES } from "../engine/tensor.ts";
 import { generate } from "../infer/generate.ts";
 import { QWEN25_05B } from "./_qwen05b.ts";
 
@@ -35,7 +40,32 @@ async function measure(model: CausalLM, batch: number, tokens: number, readEvery
   };
 }
 
+/** GB/s of the decode GEMV (1×896)·(4864×896)ᵀ with weights in `dtype`, best of 3 runs of 20. */
+async function gemvBandwidth(dtype: "f32" | "bf16"): Promise<number> {
+  const [N, K, R] = [4864, 896, 20];
+  const w = randomNormal([N, K], { seed: 1, dtype });
+  const x = randomNormal([1, K], { seed: 2 });
+  let best = Infinity;
+  for (let run = 0; run < 4; run++) {
+    const t0 = performance.now();
+    noGrad(() => {
+      for (let i = 0; i < R; i++) tidy(() => void matmul(x, w, { transB: true }));
+    });
+    await dev.sync();
+    if (run > 0) best = Math.min(best, performance.now() - t0); // run 0 compiles
+  }
+  [w, x].forEach((t) => t.dispose());
+  return (R * N * K * DTYPE_BYTES[dtype]) / (best / 1000) / 1e9;
+}
+
+/** ms per step to stream every weight once at the GEMV bandwidth. */
+function gemvFloorMs(model: CausalLM, gbPerS: number): number {
+  const bytes = model.tensors().reduce((a, t) => a + t.size * DTYPE_BYTES[t.dtype], 0);
+  return bytes / (gbPerS * 1e9) * 1000;
+}
+
 const rows: string[] = [];
+let floorMs = 0;
 async function compare(name: string, model: CausalLM, batch: number, tokens: number) {
   const before = await measure(model, batch, tokens, 1);
   const after = await measure(model, batch, tokens);
@@ -43,21 +73,31 @@ async function compare(name: string, model: CausalLM, batch: number, tokens: num
     rows.push(
       `| ${name} | ${batch} | ${label} | ${m.tokensPerSecond.toFixed(1)} | ${
         m.msPerStep.toFixed(1)
-      } | ${m.dispatchesPerStep.toFixed(0)} | ${m.readbacksPerStep.toFixed(3)} |`,
+      } | ${floorMs.toFixed(1)} | ${m.dispatchesPerStep.toFixed(0)} | ${
+        m.readbacksPerStep.toFixed(3)
+      } |`,
     );
   }
   console.log(rows.slice(-2).join("\n"));
 }
 
 const demo = await loadModel(new URL("../demo/model", import.meta.url).pathname);
+const bandwidth = { f32: await gemvBandwidth("f32"), bf16: await gemvBandwidth("bf16") };
+console.log(
+  `GEMV 1×896×4864 bandwidth: f32 ${bandwidth.f32.toFixed(2)} GB/s, bf16 ${
+    bandwidth.bf16.toFixed(2)
+  } GB/s`,
+);
+floorMs = gemvFloorMs(demo, bandwidth.f32);
 for (const batch of [1, 64, 256]) await compare("demo (0.79M)", demo, batch, 32);
 demo.dispose();
 if (flags.big) {
   const big = randomModel(parseQwenConfig(QWEN25_05B, "Qwen2.5-0.5B config"), { dtype: "bf16" });
+  floorMs = gemvFloorMs(big, bandwidth.bf16);
   for (const batch of [1, 16]) await compare("Qwen2.5-0.5B shape, bf16", big, batch, 8);
   big.dispose();
 }
 console.log(
-  "\n| model | batch | loop | tokens/s | ms/step | dispatches/step | readbacks/step |\n| --- | --- | --- | --- | --- | --- | --- |\n" +
+  "\n| model | batch | loop | tokens/s | ms/step | weights at GEMV GB/s, ms/step | dispatches/step | readbacks/step |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n" +
     rows.join("\n"),
 );

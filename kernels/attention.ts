@@ -415,3 +415,25 @@ export const attentionRowsKernel = memoKernel((D: number) => {
   lse[r] = select(0.0, m + log(l), l > 0.0);`,
   });
 });
+
+/**
+ * Appends k and v (B, Hkv, T, D) to a KV cache (B, Hkv, maxLength, D) at
+ * slot `at`, both in one dispatch. Grid: elements of k.
+ */
+export const cacheWriteKernel = declareKernel({
+  label: "kv_cache_write",
+  inputs: { k: "f32", v: "f32" },
+  outputs: { keys: "f32", values: "f32" },
+  params: { n: "u32", T: "u32", D: "u32", max_length: "u32", at: "u32" },
+  grid: "elements",
+  workgroupSize: [64],
+  main: /* wgsl */ `
+  let i = flat_index(gid, nwg);
+  if (i >= params.n) { return; }
+  let d = i % params.D;
+  let t = (i / params.D) % params.T;
+  let group = i / (params.D * params.T); // (b, kv head)
+  let j = (group * params.max_length + params.at + t) * params.D + d;
+  keys[j] = k[i];
+  values[j] = v[i];`,
+});

@@ -213,16 +213,16 @@ fn store(row: u32, n0: u32, N: u32, lo: vec4<f32>, hi: vec4<f32>) {
  * multiply-adds are the 8x8 kernel's, in its order: results are bit-identical.
  * Needs K % 4 == 0.
  */
-export const gemvKernel = memoKernel((bType: "f32" | "bf16" | "f16", rows: 1 | 4) => {
+function gemvSpec(bType: "f32" | "bf16" | "f16", rows: 1 | 4, bias: boolean) {
   const ldb4 = loadB4(bType);
   const R = Array.from({ length: rows }, (_, r) => r);
-  return declareKernel({
-    label: "gemv",
-    inputs: { a4: "vec4<f32>", b: bType === "f32" ? "vec4<f32>" : "u32" },
+  const plus = bias ? " + bias[n0 + j]" : ""; // a linear layer's bias (N), added as the add op does
+  return {
+    label: bias ? "gemv_bias" : "gemv",
     outputs: { c: "f32" },
-    params: { M: "u32", N: "u32", K: "u32" },
-    grid: "elements",
-    workgroupSize: [64],
+    params: { M: "u32", N: "u32", K: "u32" } as const,
+    grid: "elements" as const,
+    workgroupSize: [64] as const,
     helpers: ldb4,
     main: `
   let i = flat_index(gid, nwg);
@@ -253,9 +253,24 @@ export const gemvKernel = memoKernel((bType: "f32" | "bf16" | "f16", rows: 1 | 4
   ${
       R.map((r) =>
         `if (m0 + ${r}u < M) {
-    for (var j = 0u; j < 4u; j++) { if (n0 + j < N) { c[(m0 + ${r}u) * N + n0 + j] = c${r}[j]; } }
+    for (var j = 0u; j < 4u; j++) { if (n0 + j < N) { c[(m0 + ${r}u) * N + n0 + j] = c${r}[j]${plus}; } }
   }`
       ).join("\n  ")
     }`,
-  });
-});
+  };
+}
+
+export const gemvKernel = memoKernel((bType: "f32" | "bf16" | "f16", rows: 1 | 4) =>
+  declareKernel({
+    ...gemvSpec(bType, rows, false),
+    inputs: { a4: "vec4<f32>", b: bType === "f32" ? "vec4<f32>" : "u32" },
+  })
+);
+
+/** The GEMV with a linear layer's bias (N) added in its store: x·Wᵀ + b in one dispatch. */
+export const gemvBiasKernel = memoKernel((bType: "f32" | "bf16" | "f16", rows: 1 | 4) =>
+  declareKernel({
+    ...gemvSpec(bType, rows, true),
+    inputs: { a4: "vec4<f32>", b: bType === "f32" ? "vec4<f32>" : "u32", bias: "f32" },
+  })
+);

@@ -22,6 +22,32 @@ export const rmsNormForwardKernel = declareKernel({
   rstd[row] = r;`,
 });
 
+/**
+ * Residual add then RMSNorm in one pass (inference): s = x + y, out = rmsNorm(s) * w.
+ * The same arithmetic in the same order as the add and rms_norm kernels.
+ */
+export const addRmsNormKernel = declareKernel({
+  label: "add_rms_norm",
+  inputs: { x: "f32", y: "f32", w: "f32" },
+  outputs: { s: "f32", out: "f32" },
+  params: { rows: "u32", C: "u32", eps: "f32" },
+  grid: "elements",
+  workgroupSize: [WG],
+  main: `
+  let row = flat_index(gid, nwg);
+  let C = params.C;
+  if (row >= params.rows) { return; }
+  let base = row * C;
+  var ss = 0.0;
+  for (var j = 0u; j < C; j++) {
+    let v = x[base + j] + y[base + j];
+    s[base + j] = v;
+    ss += v * v;
+  }
+  let r = inverseSqrt(ss / f32(C) + params.eps);
+  for (var j = 0u; j < C; j++) { out[base + j] = s[base + j] * r * w[j]; }`,
+});
+
 /** RMSNorm input gradient, one invocation per row: dx = r * (w*g - x * r^2 * mean(w*g*x)). */
 export const rmsNormBackwardKernel = declareKernel({
   label: "rms_norm_bwd",

@@ -281,7 +281,9 @@ Deno.test({
     "matmul() decode shapes (GEMV: M 1, 3, 16, N not a tile multiple, f32/bf16/f16) match the CPU reference and the 8x8 kernel bit for bit",
   ...gpuTest,
   fn: async () => {
-    const { GEMV_MAX_ROWS, matmulReference } = await import("../engine/ops/matmul.ts");
+    const { GEMV_MAX_ROWS, gemvBias, matmulReference } = await import(
+      "../engine/ops/matmul.ts"
+    );
     for (const dtype of ["f32", "bf16", "f16"] as const) {
       for (
         const [M, K, N] of [[1, 8, 13], [2, 12, 9], [3, 20, 130], [4, 64, 517], [16, 64, 517], [
@@ -321,6 +323,14 @@ Deno.test({
           },
         );
         assertClose(got, ref.data, { atol: 1e-4, rtol: 1e-4 }, `${dtype} M=${M} K=${K} N=${N}`);
+        // a linear layer's bias in the GEMV's store: the same bits as matmul then add
+        const bias = toTensor(randArray([N], 5));
+        const fused = gemvBias(xM, wt, bias);
+        assertEquals(fused === null, M > GEMV_MAX_ROWS, `gemvBias M=${M}`);
+        if (fused) {
+          const twoOps = await ops.add(ops.matmul(xM, wt, { transB: true }), bias).toArray();
+          assertEquals(Array.from(await fused.toArray()), Array.from(twoOps), `gemvBias ${dtype}`);
+        }
       }
     }
   },

@@ -15,6 +15,7 @@ import { mapN, type NDArray } from "../engine/ops/_reference.ts";
 import { tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { assertClose, finiteDiff, gpuTest, randArray, toTensor } from "./_helpers.ts";
+import { assertEquals } from "@std/assert";
 
 interface Input {
   shape: number[];
@@ -234,6 +235,13 @@ cases.push({
   ref: ([x]) => shp.permute(x, [2, 0, 1]),
 });
 cases.push({
+  // only size-1 axes move: a view, no copy
+  name: "permute() [2, 1, 3, 4] by [0, 2, 1, 3]",
+  inputs: [U([2, 1, 3, 4])],
+  gpu: ([x]) => ops.permute(x, [0, 2, 1, 3]),
+  ref: ([x]) => shp.permute(x, [0, 2, 1, 3]),
+});
+cases.push({
   name: "transpose() [17, 3]",
   inputs: [U([17, 3])],
   gpu: ([x]) => ops.transpose(x),
@@ -360,3 +368,44 @@ for (const c of cases) {
     },
   });
 }
+
+Deno.test({
+  name: "siluMul() gives the same bits as silu then mul, forward and both gradients",
+  ...gpuTest,
+  fn: async () => {
+    const xa = randArray([5, 67], 11);
+    const ya = randArray([5, 67], 12);
+    const wa = randArray([5, 67], 13);
+    const run = async (fused: boolean) => {
+      const [x, y] = [toTensor(xa, true), toTensor(ya, true)];
+      const out = tidy(() => {
+        const o = fused ? ops.siluMul(x, y) : ops.mul(ops.silu(x), y);
+        o.backward(toTensor(wa));
+        return o;
+      });
+      return [await out.toArray(), await x.grad!.toArray(), await y.grad!.toArray()].map((a) =>
+        Array.from(a)
+      );
+    };
+    const [fused, composed] = [await run(true), await run(false)];
+    ["forward", "d/dgate", "d/dup"].forEach((what, i) =>
+      assertEquals(fused[i], composed[i], `siluMul ${what}`)
+    );
+  },
+});
+
+Deno.test({
+  name: "addRmsNorm() gives the same bits as add then rmsNorm",
+  ...gpuTest,
+  fn: async () => {
+    const [x, y, w] = [[4, 3, 37], [4, 3, 37], [37]].map((s, i) => toTensor(randArray(s, 20 + i)));
+    const [sum, normed] = ops.addRmsNorm(x, y, w, 1e-6);
+    const s2 = ops.add(x, y);
+    assertEquals(Array.from(await sum.toArray()), Array.from(await s2.toArray()), "sum");
+    assertEquals(
+      Array.from(await normed.toArray()),
+      Array.from(await ops.rmsNorm(s2, w, 1e-6).toArray()),
+      "normed",
+    );
+  },
+});

@@ -64,7 +64,7 @@ export function layerActivations(c: DecoderConfig, m: number, T: number): number
   b += f32(N * q) + f32(N * c.numHeads); // fused attention: output and log-sum-exp
   b += f32(N * q) + 2 * f32(N * C); // permute, o projection, residual
   b += f32(N * C) + f32(N); // post-attention RMSNorm
-  b += 4 * f32(N * I) + 2 * f32(N * C); // gate, up, silu, product; down, residual
+  b += 3 * f32(N * I) + 2 * f32(N * C); // gate, up, silu(gate)·up; down, residual
   return b;
 }
 

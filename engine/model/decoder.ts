@@ -6,26 +6,27 @@
  * Weights too large for one storage binding are row chunks.
  * @module
  */
+import { cacheWriteKernel } from "../../kernels/attention.ts";
 import { checkpoint } from "../autograd.ts";
 import { device } from "../device.ts";
+import { launch } from "../launch.ts";
 import { linear, rmsNorm, ropeTables } from "../nn.ts";
 import {
   add,
+  addRmsNorm,
   attention,
   concat,
   embedding,
   fill,
   matmul,
-  mul,
   permute,
   randomNormal,
   reshape,
   rope,
-  silu,
+  siluMul,
   slice,
-  stridedCopy,
 } from "../ops/mod.ts";
-import { keep } from "../scope.ts";
+import { gradEnabled, keep } from "../scope.ts";
 import { DTYPE_BYTES, Tensor } from "../tensor.ts";
 import { type LoraAdapters, withLora } from "./lora.ts";
 import type { QwenTokenizer } from "./tokenizer.ts";
@@ -184,10 +185,12 @@ export class KVCache {
     const [B, Hkv, T, D] = k.shape;
     const S = this.length + T;
     if (S > this.maxLength) throw new Error(`KVCache: ${S} tokens exceed its ${this.maxLength}`);
-    const strides = [Hkv * this.maxLength * D, this.maxLength * D, D, 1];
-    const src = [Hkv * T * D, T * D, D, 1];
-    stridedCopy(k, 0, src, this.keys[layer], this.length * D, strides, [B, Hkv, T, D]);
-    stridedCopy(v, 0, src, this.values[layer], this.length * D, strides, [B, Hkv, T, D]);
+    launch(
+      cacheWriteKernel,
+      { k, v, keys: this.keys[layer], values: this.values[layer] },
+      { n: B * Hkv * T * D, T, D, max_length: this.maxLength, at: this.length },
+      B * Hkv * T * D,
+    );
   }
 
   dispose(): void {
@@ -427,9 +430,15 @@ export class DecoderLM implements CausalLM {
         ? attention(q, cache.keys[i], cache.values[i], { scale, keyMask, keys: S })
         : attention(q, k, v, { scale, keyMask });
       const a = permute(attended, [0, 2, 1, 3]); // (B, T, H, D)
-      const x1 = add(x, lin(reshape(a, [B, T, c.numHeads * c.headDim]), L.o, null, n.o));
-      const h2 = rmsNorm(x1, L.postNorm, c.rmsNormEps);
-      const gated = mul(silu(lin(h2, L.gate, null, n.gate)), lin(h2, L.up, null, n.up));
+      const attn = lin(reshape(a, [B, T, c.numHeads * c.headDim]), L.o, null, n.o);
+      // decoding (no tape): the residual add and the norm in one dispatch
+      const taped = gradEnabled() && [x, attn, L.postNorm].some((t) => t.requiresGrad);
+      const residualNorm = (): [Tensor, Tensor] => {
+        const x1 = add(x, attn);
+        return [x1, rmsNorm(x1, L.postNorm, c.rmsNormEps)];
+      };
+      const [x1, h2] = taped ? residualNorm() : addRmsNorm(x, attn, L.postNorm, c.rmsNormEps);
+      const gated = siluMul(lin(h2, L.gate, null, n.gate), lin(h2, L.up, null, n.up));
       return add(x1, lin(gated, L.down, null, n.down));
     };
     let x = this.embed(ids); // (B, T, C)

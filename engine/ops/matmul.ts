@@ -4,7 +4,13 @@
  * or 2-D and shared by every batch. out: (..., M, N).
  * @module
  */
-import { gemvKernel, matmulKernel, matmulVec4Kernel, MM } from "../../kernels/matmul.ts";
+import {
+  gemvBiasKernel,
+  gemvKernel,
+  matmulKernel,
+  matmulVec4Kernel,
+  MM,
+} from "../../kernels/matmul.ts";
 import { record } from "../autograd.ts";
 import { launch } from "../launch.ts";
 import { numel, Tensor } from "../tensor.ts";
@@ -153,6 +159,30 @@ export function matmulStridedB(
   if (out.size > 0) {
     launchMatmul(a, b, out, M, N, K, batch, batch, batch, false, transB, bBatchStride);
   }
+  return out;
+}
+
+/**
+ * x·Wᵀ + bias in one GEMV dispatch for decode shapes: x (..., K) of at most
+ * GEMV_MAX_ROWS rows, W (N, K), bias (N). Bit-identical to matmul then add.
+ * No tape; null when the shape takes the tile kernel.
+ */
+export function gemvBias(x: Tensor, w: Tensor, bias: Tensor): Tensor | null {
+  const K = x.shape.at(-1)!;
+  const M = x.size / Math.max(1, K);
+  const [N, Kw] = w.shape;
+  if (
+    M > GEMV_MAX_ROWS || M === 0 || K % 4 !== 0 || w.shape.length !== 2 || Kw !== K ||
+    x.dtype !== "f32" || w.dtype === "i32" || bias.dtype !== "f32" || bias.size !== N
+  ) return null;
+  const out = Tensor.empty([...x.shape.slice(0, -1), N]);
+  const rows = M === 1 ? 1 : 4;
+  launch(
+    gemvBiasKernel(w.dtype as "f32" | "bf16" | "f16", rows),
+    { a4: x, b: w, bias, c: out },
+    { M, N, K },
+    Math.ceil(M / rows) * Math.ceil(N / 4),
+  );
   return out;
 }
 

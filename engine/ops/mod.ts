@@ -7,6 +7,6 @@ export * from "./softmax.ts";
 export * from "./shape.ts";
 export * from "./embedding.ts";
 export { fill, randomNormal } from "./fill.ts";
-export { rmsNorm, rope } from "./norm.ts";
+export { addRmsNorm, rmsNorm, rope } from "./norm.ts";
 export { nonFiniteCounts, nonFiniteCountsReference } from "./finite.ts";
 export { attention, type AttentionOptions, attentionReference } from "./attention.ts";

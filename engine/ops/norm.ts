@@ -1,5 +1,6 @@
 /** Fused RMSNorm and RoPE: forward, backward and CPU reference. @module */
 import {
+  addRmsNormKernel,
   rmsNormBackwardKernel,
   rmsNormForwardKernel,
   ropeKernel,
@@ -44,6 +45,23 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
       return [gx, gw];
     },
   });
+}
+
+/**
+ * [x + y, rmsNorm(x + y, weight)] in one dispatch, the same bits as add then
+ * rmsNorm: the residual stream and the next sublayer's input when decoding.
+ * No tape (inference); x and y of one shape (..., C).
+ */
+export function addRmsNorm(x: Tensor, y: Tensor, weight: Tensor, eps: number): [Tensor, Tensor] {
+  const C = x.shape.at(-1)!;
+  if (x.shape.join() !== y.shape.join() || weight.size !== C || x.dtype !== "f32") {
+    throw new Error(`addRmsNorm: x [${x.shape}], y [${y.shape}], weight [${weight.shape}]`);
+  }
+  const rows = x.size / C;
+  const s = Tensor.empty(x.shape);
+  const out = Tensor.empty(x.shape);
+  launch(addRmsNormKernel, { x, y, w: weight, s, out }, { rows, C, eps }, rows);
+  return [s, out];
 }
 
 /** x * cos + rotate_half(x) * sin; x (B, H, T, D), cos and sin (B, 1, T, D) with equal halves. */

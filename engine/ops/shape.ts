@@ -63,6 +63,9 @@ export function permute(x: Tensor, perm: readonly number[]): Tensor {
     throw new Error(`permute: [${perm}] is not a permutation of ${r} axes`);
   }
   const shape = perm.map((p) => x.shape[p]);
+  // only size-1 axes move (heads of one decoded token): the same bytes, so a view
+  const moved = perm.filter((p) => x.shape[p] !== 1);
+  if (moved.every((p, i) => i === 0 || moved[i - 1] < p)) return reshape(x, shape);
   const y = Tensor.empty(shape, x.dtype);
   const xs = stridesOf(x.shape);
   stridedCopy(x, 0, perm.map((p) => xs[p]), y, 0, stridesOf(shape), shape);
