@@ -109,7 +109,7 @@ function launchMatmul(
   if (M <= GEMV_MAX_ROWS && transB && !transA && batch === 1 && K % 4 === 0) {
     const rows = M === 1 ? 1 : 4;
     launch(
-      gemvKernel(bType, rows),
+      gemvKernel(bType, rows, bType !== "f32" && K % 8 === 0),
       { a4: a, b, c: out },
       { M, N, K },
       Math.ceil(M / rows) * Math.ceil(N / 4),
@@ -178,7 +178,7 @@ export function gemvBias(x: Tensor, w: Tensor, bias: Tensor): Tensor | null {
   const out = Tensor.empty([...x.shape.slice(0, -1), N]);
   const rows = M === 1 ? 1 : 4;
   launch(
-    gemvBiasKernel(w.dtype as "f32" | "bf16" | "f16", rows),
+    gemvBiasKernel(w.dtype as "f32" | "bf16" | "f16", rows, w.dtype !== "f32" && K % 8 === 0),
     { a4: x, b: w, bias, c: out },
     { M, N, K },
     Math.ceil(M / rows) * Math.ceil(N / 4),
