@@ -146,6 +146,8 @@ export class Device {
   /** GPU milliseconds by kernel label, filled while profiling (timestamp-query). */
   readonly kernelMillis: Map<string, number> = new Map();
   #profile: { set: GPUQuerySet; labels: string[]; pending: Promise<void>[] } | null = null;
+  /** Each pipeline's bind group layout, fetched once (getBindGroupLayout makes a new object). */
+  readonly #layouts = new Map<GPUComputePipeline, GPUBindGroupLayout>();
   /**
    * Where kernels report bad input they find on the GPU (ERROR_SLOTS), read
    * with every readback: the next `read` throws naming the problem.
@@ -314,8 +316,10 @@ export class Device {
     }
     const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: uniform } }];
     d.buffers.forEach((buffer, i) => entries.push({ binding: i + 1, resource: { buffer } }));
+    let layout = this.#layouts.get(pipeline);
+    if (!layout) this.#layouts.set(pipeline, layout = pipeline.getBindGroupLayout(0));
     const bindGroup = this.gpu.createBindGroup({
-      layout: pipeline.getBindGroupLayout(0),
+      layout,
       entries,
     });
     this.#encoder ??= this.gpu.createCommandEncoder();
