@@ -2,7 +2,8 @@
  * Decoding speed, before/after in one run on one adapter: the run-ahead loop
  * (ids read back in groups) against one readback per token (`readEvery: 1`,
  * the old loop). For each: tokens/s, ms per decoded token, dispatches and
- * readbacks (each an ~11 ms wait in Deno) per decoded token, and beside
+ * readbacks (each an ~11 ms wait in Deno) per decoded token; decode ms per
+ * token leaves out the prompt's prefill (a run of one token is subtracted); beside
  * them the floor set by bandwidth: the weight bytes every step streams
  * divided by the GEMV bandwidth measured here on the same adapter.
  *
@@ -27,6 +28,10 @@ async function measure(model: CausalLM, batch: number, tokens: number, readEvery
   const prompts = Array.from({ length: batch }, (_, b) => [1 + (b % 9), 2, 3, 4]);
   const options = { greedy: true, maxNewTokens: tokens, eosTokenIds: [], readEvery };
   await generate(model, prompts, { ...options, maxNewTokens: 2 }); // compile pipelines
+  // the prompt's prefill and the first token alone, to take out of the per-token decode time
+  const t1 = performance.now();
+  await generate(model, prompts, { ...options, maxNewTokens: 1 });
+  const firstMs = performance.now() - t1;
   const count = () => [...dev.dispatchCounts.values()].reduce((a, b) => a + b, 0);
   const [d0, r0, t0] = [count(), dev.reads, performance.now()];
   const r = await generate(model, prompts, options);
@@ -35,6 +40,7 @@ async function measure(model: CausalLM, batch: number, tokens: number, readEvery
   return {
     tokensPerSecond: (batch * n) / (ms / 1000),
     msPerStep: ms / n,
+    decodeMsPerToken: (ms - firstMs) / (n - 1),
     dispatchesPerStep: (count() - d0) / n,
     readbacksPerStep: (dev.reads - r0) / n,
   };
@@ -73,7 +79,7 @@ async function compare(name: string, model: CausalLM, batch: number, tokens: num
     rows.push(
       `| ${name} | ${batch} | ${label} | ${m.tokensPerSecond.toFixed(1)} | ${
         m.msPerStep.toFixed(1)
-      } | ${floorMs.toFixed(1)} | ${m.dispatchesPerStep.toFixed(0)} | ${
+      } | ${m.decodeMsPerToken.toFixed(1)} | ${floorMs.toFixed(1)} | ${m.dispatchesPerStep.toFixed(0)} | ${
         m.readbacksPerStep.toFixed(3)
       } |`,
     );
@@ -98,6 +104,6 @@ if (flags.big) {
   big.dispose();
 }
 console.log(
-  "\n| model | batch | loop | tokens/s | ms/step | weights at GEMV GB/s, ms/step | dispatches/step | readbacks/step |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n" +
+  "\n| model | batch | loop | tokens/s | ms/step | decode ms/token | weights at GEMV GB/s, ms/step | dispatches/step | readbacks/step |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n" +
     rows.join("\n"),
 );
