@@ -307,7 +307,7 @@ async function memoryPlan(
   // the demo's sequences are known; otherwise a 512-token prompt allowance (or --seq-length)
   const seqLength = numberFlag(flags, "seq-length", is.positiveInt) ??
     Math.min(config.maxPositionEmbeddings, (demoTask ? DEMO_PROMPT_LENGTH : 512) + o.maxNewTokens);
-  const lora = o.loraRank > 0 ? { rank: o.loraRank, targets: o.loraTargets.length } : null;
+  const lora = o.loraRank > 0 ? { rank: o.loraRank, targets: o.loraTargets } : null;
   const estimate = estimateTraining(config, {
     microBatch: o.microBatch,
     seqLength,

@@ -9,6 +9,7 @@
  */
 import { sizeClass } from "../engine/device.ts";
 import type { DecoderConfig } from "../engine/model/decoder.ts";
+import type { LoraTarget } from "../engine/model/lora.ts";
 
 export interface MemoryPlan {
   /** Sequences per forward/backward and their padded length. */
@@ -18,7 +19,7 @@ export interface MemoryPlan {
   scored: number;
   /** Bytes per stored weight element: 4 (f32 training), or the checkpoint's 2 under LoRA. */
   weightBytes: 2 | 4;
-  lora: { rank: number; targets: number } | null;
+  lora: { rank: number; targets: readonly LoraTarget[] } | null;
   recompute: boolean;
   /** EM-RL with a KL term and no LoRA: a frozen f32 copy of the weights. */
   reference: boolean;
@@ -49,8 +50,22 @@ export function parameterCount(c: DecoderConfig): number {
     c.numLayers * layer;
 }
 
+/** (in, out) features of each LoRA target's linear layer. */
+function targetShape(c: DecoderConfig, t: LoraTarget): [number, number] {
+  const [C, I] = [c.hiddenSize, c.intermediateSize];
+  const q = c.numHeads * c.headDim;
+  const kv = c.numKvHeads * c.headDim;
+  return ({ q: [C, q], k: [C, kv], v: [C, kv], o: [q, C], gate: [C, I], up: [C, I], down: [I, C] } as
+    const)[t] as [number, number];
+}
+
 /** The activations one layer's forward keeps, in pool bytes, for N tokens of m rows. */
-export function layerActivations(c: DecoderConfig, m: number, T: number): number {
+export function layerActivations(
+  c: DecoderConfig,
+  m: number,
+  T: number,
+  lora: MemoryPlan["lora"] = null,
+): number {
   const N = m * T;
   const C = c.hiddenSize;
   const q = c.numHeads * c.headDim;
@@ -65,6 +80,8 @@ export function layerActivations(c: DecoderConfig, m: number, T: number): number
   b += f32(N * q) + 2 * f32(N * C); // permute, o projection, residual
   b += f32(N * C) + f32(N); // post-attention RMSNorm
   b += 3 * f32(N * I) + 2 * f32(N * C); // gate, up, silu(gate)·up; down, residual
+  // each LoRA term: x·Aᵀ (N, r), then ·Bᵀ, its scaling and the sum with the base output (N, out)
+  for (const t of lora?.targets ?? []) b += f32(N * lora!.rank) + 3 * f32(N * targetShape(c, t)[1]);
   return b;
 }
 
@@ -74,8 +91,10 @@ export function estimateTraining(c: DecoderConfig, plan: MemoryPlan): MemoryEsti
   const { microBatch: m, seqLength: T } = plan;
   const N = m * T;
   const weights = P * plan.weightBytes;
-  const loraParams = plan.lora
-    ? plan.lora.targets * c.numLayers * plan.lora.rank * (c.hiddenSize + c.intermediateSize)
+  const lora = plan.lora;
+  const loraParams = lora
+    ? c.numLayers * lora.rank *
+      lora.targets.reduce((n, t) => n + targetShape(c, t)[0] + targetShape(c, t)[1], 0)
     : 0;
   const trainable = plan.lora ? loraParams : P;
   const gradients = 4 * trainable;
@@ -83,15 +102,23 @@ export function estimateTraining(c: DecoderConfig, plan: MemoryPlan): MemoryEsti
   const reference = plan.reference && !plan.lora ? 4 * P : 0;
   // embedding, rope tables, key mask, final norm; then the layers (all, or one plus the inputs)
   let activations = 2 * f32(N * c.hiddenSize) + f32(N) + 2 * f32(N * c.headDim) + f32(N);
-  const layer = layerActivations(c, m, T);
+  const layer = layerActivations(c, m, T, lora);
   activations += plan.recompute
     ? c.numLayers * f32(N * c.hiddenSize) + layer // the layers' inputs; one layer recomputed
     : c.numLayers * layer;
-  // then the larger of two phases: the head over the scored positions, in row chunks that
-  // fit a binding (its input rows, logits, their gradient), and a layer's backward (the MLP's
-  // gradients in flight, and the residual stream's gradient in and out)
+  // then the larger of two phases: the head, and a layer's backward (the MLP's gradients in
+  // flight, and the residual stream's gradient in and out). The head keeps every scored
+  // position's logits for backward (twice when the weight is split into vocabulary chunks that
+  // fit a binding: the chunks' products and their concatenation), plus one row chunk's logit
+  // gradients in flight.
   const rows = Math.max(1, Math.min(plan.scored, Math.floor(plan.maxBinding / (4 * c.vocabSize))));
-  const head = f32(plan.scored * c.hiddenSize) + 3 * f32(rows * c.vocabSize);
+  const chunked = c.vocabSize * c.hiddenSize * plan.weightBytes > plan.maxBinding;
+  let logits = 0;
+  for (let r = 0; r < plan.scored; r += rows) {
+    logits += f32(Math.min(rows, plan.scored - r) * c.vocabSize);
+  }
+  const head = f32(plan.scored * c.hiddenSize) + (chunked ? 2 : 1) * logits +
+    2 * f32(rows * c.vocabSize);
   activations += Math.max(head, 2 * f32(N * c.intermediateSize) + 2 * f32(N * c.hiddenSize));
   const total = weights + loraParams * 4 + gradients + optimizer + reference + activations;
   return { weights, adapters: loraParams * 4, gradients, optimizer, reference, activations, total };
