@@ -79,9 +79,9 @@ async function compare(name: string, model: CausalLM, batch: number, tokens: num
     rows.push(
       `| ${name} | ${batch} | ${label} | ${m.tokensPerSecond.toFixed(1)} | ${
         m.msPerStep.toFixed(1)
-      } | ${m.decodeMsPerToken.toFixed(1)} | ${floorMs.toFixed(1)} | ${m.dispatchesPerStep.toFixed(0)} | ${
-        m.readbacksPerStep.toFixed(3)
-      } |`,
+      } | ${m.decodeMsPerToken.toFixed(1)} | ${floorMs.toFixed(1)} | ${
+        m.dispatchesPerStep.toFixed(0)
+      } | ${m.readbacksPerStep.toFixed(3)} |`,
     );
   }
   console.log(rows.slice(-2).join("\n"));

@@ -55,8 +55,15 @@ function targetShape(c: DecoderConfig, t: LoraTarget): [number, number] {
   const [C, I] = [c.hiddenSize, c.intermediateSize];
   const q = c.numHeads * c.headDim;
   const kv = c.numKvHeads * c.headDim;
-  return ({ q: [C, q], k: [C, kv], v: [C, kv], o: [q, C], gate: [C, I], up: [C, I], down: [I, C] } as
-    const)[t] as [number, number];
+  return ({
+    q: [C, q],
+    k: [C, kv],
+    v: [C, kv],
+    o: [q, C],
+    gate: [C, I],
+    up: [C, I],
+    down: [I, C],
+  } as const)[t] as [number, number];
 }
 
 /** The activations one layer's forward keeps, in pool bytes, for N tokens of m rows. */
