@@ -31,18 +31,25 @@ async function measure(model: CausalLM, batch: number, tokens: number, readEvery
   // the prompt's prefill and the first token alone, to take out of the per-token decode time
   const t1 = performance.now();
   await generate(model, prompts, { ...options, maxNewTokens: 1 });
-  const firstMs = performance.now() - t1;
+  let firstMs = performance.now() - t1;
+  const t3 = performance.now();
+  await generate(model, prompts, { ...options, maxNewTokens: 1 });
+  firstMs = Math.min(firstMs, performance.now() - t3);
   const count = () => [...dev.dispatchCounts.values()].reduce((a, b) => a + b, 0);
   const [d0, r0, t0] = [count(), dev.reads, performance.now()];
   const r = await generate(model, prompts, options);
-  const ms = performance.now() - t0;
+  let ms = performance.now() - t0;
+  const [d1, r1] = [count(), dev.reads];
+  const t2 = performance.now(); // best of two runs: a CPU adapter's timings vary
+  await generate(model, prompts, options);
+  ms = Math.min(ms, performance.now() - t2);
   const n = r.steps;
   return {
     tokensPerSecond: (batch * n) / (ms / 1000),
     msPerStep: ms / n,
     decodeMsPerToken: (ms - firstMs) / (n - 1),
-    dispatchesPerStep: (count() - d0) / n,
-    readbacksPerStep: (dev.reads - r0) / n,
+    dispatchesPerStep: (d1 - d0) / n,
+    readbacksPerStep: (r1 - r0) / n,
   };
 }
 
@@ -100,7 +107,7 @@ demo.dispose();
 if (flags.big) {
   const big = randomModel(parseQwenConfig(QWEN25_05B, "Qwen2.5-0.5B config"), { dtype: "bf16" });
   floorMs = gemvFloorMs(big, bandwidth.bf16);
-  for (const batch of [1, 16]) await compare("Qwen2.5-0.5B shape, bf16", big, batch, 8);
+  for (const batch of [1, 16]) await compare("Qwen2.5-0.5B shape, bf16", big, batch, 16);
   big.dispose();
 }
 console.log(

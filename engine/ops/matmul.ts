@@ -6,6 +6,7 @@
  */
 import {
   gemvBiasKernel,
+  gemvColumns,
   gemvKernel,
   matmulKernel,
   matmulVec4Kernel,
@@ -108,11 +109,12 @@ function launchMatmul(
   // decode shapes (few rows times a weight stored (N, K)): the GEMV kernel
   if (M <= GEMV_MAX_ROWS && transB && !transA && batch === 1 && K % 4 === 0) {
     const rows = M === 1 ? 1 : 4;
+    const wide = bType !== "f32" && K % 8 === 0;
     launch(
-      gemvKernel(bType, rows, bType !== "f32" && K % 8 === 0),
+      gemvKernel(bType, rows, wide),
       { a4: a, b, c: out },
       { M, N, K },
-      Math.ceil(M / rows) * Math.ceil(N / 4),
+      Math.ceil(M / rows) * Math.ceil(N / gemvColumns(rows, wide)),
     );
     return;
   }
@@ -177,11 +179,12 @@ export function gemvBias(x: Tensor, w: Tensor, bias: Tensor): Tensor | null {
   ) return null;
   const out = Tensor.empty([...x.shape.slice(0, -1), N]);
   const rows = M === 1 ? 1 : 4;
+  const wide = w.dtype !== "f32" && K % 8 === 0;
   launch(
-    gemvBiasKernel(w.dtype as "f32" | "bf16" | "f16", rows, w.dtype !== "f32" && K % 8 === 0),
+    gemvBiasKernel(w.dtype as "f32" | "bf16" | "f16", rows, wide),
     { a4: x, b: w, bias, c: out },
     { M, N, K },
-    Math.ceil(M / rows) * Math.ceil(N / 4),
+    Math.ceil(M / rows) * Math.ceil(N / gemvColumns(rows, wide)),
   );
   return out;
 }
