@@ -55,6 +55,30 @@ fn key_end(first: u32, last: u32) -> u32 {
 }`;
 }
 
+// K/V tiles in workgroup memory, shared by the forward and the dq kernel
+const KV_TILES = /* wgsl */ `
+var<workgroup> kt: array<vec4<f32>, TILE * D4>;
+var<workgroup> vt: array<vec4<f32>, TILE * D4>;
+fn load_kv_tile(kvbase: u32, s0: u32, kend: u32, lane: u32) {
+  for (var i = lane; i < TILE * D4; i += ${ATTN_ROWS}u) {
+    let s = s0 + i / D4;
+    if (s < kend) { kt[i] = k[kvbase + s * D4 + i % D4]; vt[i] = v[kvbase + s * D4 + i % D4]; }
+  }
+}`;
+
+// which query row an invocation of a row-tiled kernel owns, and the keys its workgroup sees
+const QUERY_ROWS = /* wgsl */ `
+  let group = wid.y;
+  let b = group / params.hkv;
+  let first = wid.x * ${ATTN_ROWS}u;
+  let last = min(first + ${ATTN_ROWS}u, params.rows) - 1u;
+  let row = min(first + lid.x, last); // surplus invocations repeat the last row, write nothing
+  let t = row % params.T;
+  let r = group * params.rows + row;
+  let qbase = r * D4;
+  let kvbase = group * (params.kv_stride / 4u);
+  let kend = key_end(first, last);`;
+
 function checkHeadDim(D: number): void {
   if (D % 4 !== 0 || D > 256) {
     throw new Error(`attention: head_dim ${D} must be a multiple of 4, at most 256`);
@@ -73,29 +97,16 @@ export const attentionForwardKernel = memoKernel((D: number) => {
     params: PARAMS,
     grid: "workgroups",
     workgroupSize: [ATTN_ROWS],
-    helpers: common(D) + /* wgsl */ `
-var<workgroup> kt: array<vec4<f32>, TILE * D4>;
-var<workgroup> vt: array<vec4<f32>, TILE * D4>;`,
+    helpers: common(D) + KV_TILES,
     main: /* wgsl */ `
-  let group = wid.y;
-  let b = group / params.hkv;
-  let first = wid.x * ${ATTN_ROWS}u;
-  let last = min(first + ${ATTN_ROWS}u, params.rows) - 1u;
-  let row = min(first + lid.x, last); // surplus invocations repeat the last row, write nothing
-  let t = row % params.T;
-  let qbase = (group * params.rows + row) * D4;
-  let kvbase = group * (params.kv_stride / 4u);
+${QUERY_ROWS}
   var qs: array<vec4<f32>, D4>;
   var acc: array<vec4<f32>, D4>;
   for (var i = 0u; i < D4; i++) { qs[i] = q[qbase + i] * params.scale; acc[i] = vec4(0.0); }
   var m = NONE;
   var l = 0.0;
-  let kend = key_end(first, last);
   for (var s0 = 0u; s0 < kend; s0 += TILE) {
-    for (var i = lid.x; i < TILE * D4; i += ${ATTN_ROWS}u) {
-      let s = s0 + i / D4;
-      if (s < kend) { kt[i] = k[kvbase + s * D4 + i % D4]; vt[i] = v[kvbase + s * D4 + i % D4]; }
-    }
+    load_kv_tile(kvbase, s0, kend, lid.x);
     workgroupBarrier();
     var sc: array<f32, TILE>;
     var tm = m;
@@ -125,7 +136,7 @@ var<workgroup> vt: array<vec4<f32>, TILE * D4>;`,
   if (first + lid.x <= last) {
     let inv = select(0.0, 1.0 / l, l > 0.0);
     for (var i = 0u; i < D4; i++) { o[qbase + i] = acc[i] * inv; }
-    lse[group * params.rows + row] = select(0.0, m + log(l), l > 0.0);
+    lse[r] = select(0.0, m + log(l), l > 0.0);
   }`,
   });
 });
@@ -152,19 +163,9 @@ export const attentionBackwardQueryKernel = memoKernel((D: number) => {
     params: PARAMS,
     grid: "workgroups",
     workgroupSize: [ATTN_ROWS],
-    helpers: common(D) + /* wgsl */ `
-var<workgroup> kt: array<vec4<f32>, TILE * D4>;
-var<workgroup> vt: array<vec4<f32>, TILE * D4>;`,
+    helpers: common(D) + KV_TILES,
     main: /* wgsl */ `
-  let group = wid.y;
-  let b = group / params.hkv;
-  let first = wid.x * ${ATTN_ROWS}u;
-  let last = min(first + ${ATTN_ROWS}u, params.rows) - 1u;
-  let row = min(first + lid.x, last);
-  let t = row % params.T;
-  let r = group * params.rows + row;
-  let qbase = r * D4;
-  let kvbase = group * (params.kv_stride / 4u);
+${QUERY_ROWS}
   var qs: array<vec4<f32>, D4>;
   var gs: array<vec4<f32>, D4>;
   var acc: array<vec4<f32>, D4>;
@@ -177,12 +178,8 @@ var<workgroup> vt: array<vec4<f32>, TILE * D4>;`,
   }
   let dl = dd.x + dd.y + dd.z + dd.w;
   let row_lse = lse[r];
-  let kend = key_end(first, last);
   for (var s0 = 0u; s0 < kend; s0 += TILE) {
-    for (var i = lid.x; i < TILE * D4; i += ${ATTN_ROWS}u) {
-      let s = s0 + i / D4;
-      if (s < kend) { kt[i] = k[kvbase + s * D4 + i % D4]; vt[i] = v[kvbase + s * D4 + i % D4]; }
-    }
+    load_kv_tile(kvbase, s0, kend, lid.x);
     workgroupBarrier();
     for (var j = 0u; j < TILE; j++) {
       let s = s0 + j;
