@@ -11,17 +11,21 @@ import { declareKernel, type KernelSpec, memoKernel } from "./declare.ts";
 
 export const MM = { tile: { tm: 4, tn: 4, wx: 8, wy: 8 } } as const;
 
+/** `half2(w)`: the two bf16/f16 halves packed in a u32, low half first. */
+function half2Fn(bType: "bf16" | "f16"): string {
+  const body = bType === "bf16"
+    ? "return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));"
+    : "return unpack2x16float(w);";
+  return `fn half2(w: u32) -> vec2<f32> { ${body} }`;
+}
+
 /**
  * `ldb4(i)`: four consecutive elements of b from element index i (a multiple
  * of 4), from f32 vec4s or from bf16/f16 halves packed two per u32.
  */
-function loadB4(bType: "f32" | "bf16" | "f16", wide = false): string {
+function loadB4(bType: "f32" | "bf16" | "f16"): string {
   if (bType === "f32") return `fn ldb4(i: u32) -> vec4<f32> { return b[i / 4u]; }`;
-  const half2 = bType === "bf16"
-    ? "return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));"
-    : "return unpack2x16float(w);";
-  if (wide) return /* wgsl */ `fn half2(w: u32) -> vec2<f32> { ${half2} }`; // b is vec4<u32>
-  return /* wgsl */ `fn half2(w: u32) -> vec2<f32> { ${half2} }
+  return /* wgsl */ `${half2Fn(bType)}
 fn ldb4(i: u32) -> vec4<f32> { return vec4<f32>(half2(b[i / 2u]), half2(b[i / 2u + 1u])); }`;
 }
 
@@ -208,145 +212,123 @@ fn store(row: u32, n0: u32, N: u32, lo: vec4<f32>, hi: vec4<f32>) {
 /**
  * Decode-shaped products (few rows): c (M, N) = a (M, K) · bᵀ with b (N, K)
  * row-major, as a linear layer's weight is stored. One invocation per `rows`
- * rows (1 or 4) and 4 output columns: it streams 4 weight rows along K,
- * reading every weight once per `rows` rows, with none of the 8x8 tile's idle
- * rows. bf16/f16 weights (half the bytes) are read 8 per load (`vec4<u32>`)
- * when K % 8 == 0: a CPU adapter pays per load instruction, and this is 1.4x
- * faster than 4 per load at 896x4864. The multiply-adds are the 8x8 kernel's,
- * in its order: results are bit-identical. Needs K % 4 == 0.
+ * rows (1 or 4) and GEMV_COLUMNS output columns: it streams its weight rows
+ * along K, reading every weight once per `rows` rows, with none of the 8x8
+ * tile's idle rows. Tuned on lavapipe, where decoding streams every weight
+ * from DRAM (measured with weights beyond the cache, as in decoding):
+ * - a load takes 4 f32 weights (`vec4<f32>`), or 8 bf16/f16 ones
+ *   (`vec4<u32>`, when K % 8 == 0) or 4 (`vec2<u32>`): a CPU adapter pays per
+ *   load instruction;
+ * - 4 columns per invocation, each row read GEMV_UNROLL loads (64 bytes, a
+ *   cache line) at a time: 1.1-1.3x the bandwidth of 8 columns one load at a
+ *   time for K = 4864, the same for K = 896; 8 columns with 4 loads each is
+ *   slower (too many streams in flight).
+ * Each output is a scalar sum in k order, the 8x8 kernel's multiply-adds in
+ * its order: results are bit-identical. Needs K % 4 == 0.
  */
 type WeightType = "f32" | "bf16" | "f16";
 
-function gemvSpec(bType: WeightType, rows: 1 | 4, bias: boolean, wide: boolean) {
-  const inputs = {
-    a4: "vec4<f32>",
-    b: bType === "f32" ? "vec4<f32>" : wide ? "vec4<u32>" : "u32",
-    ...(bias ? { bias: "f32" } : {}),
-  };
-  if (rows === 1 && wide) return { ...gemvRowSpec(bias), inputs, helpers: loadB4(bType, true) };
+/** Output columns per GEMV invocation. */
+export const GEMV_COLUMNS = 4;
+/** Consecutive loads of each weight row per GEMV loop step. */
+const GEMV_UNROLL = 4;
+
+/** Weights per load of `bType` when K is `K` (K % 4 == 0). */
+export function weightsPerLoad(bType: WeightType, K: number): 4 | 8 {
+  return bType !== "f32" && K % 8 === 0 ? 8 : 4;
+}
+
+function gemvSpec(bType: WeightType, rows: 1 | 4, bias: boolean, perLoad: 4 | 8) {
   const R = Array.from({ length: rows }, (_, r) => r);
-  const plus = bias ? " + bias[n0 + j]" : ""; // a linear layer's bias (N), added as the add op does
-  // four k steps of the 4 weight rows w0..w3 (vec4 each) against each row's a at a4 index `ai`
-  const step = (ai: string) => `
-    let bx = vec4<f32>(w0.x, w1.x, w2.x, w3.x); let by = vec4<f32>(w0.y, w1.y, w2.y, w3.y);
-    let bz = vec4<f32>(w0.z, w1.z, w2.z, w3.z); let bw = vec4<f32>(w0.w, w1.w, w2.w, w3.w);
-    ${
+  const J = Array.from({ length: GEMV_COLUMNS }, (_, j) => j);
+  const half = bType !== "f32";
+  const vecs = perLoad / 4; // activation vec4s per load of weights
+  const T = Array.from({ length: vecs }, (_, t) => t);
+  // load u of this step from column j's row, unpacked to vec4s w{j}_{u}_{t}
+  const load = (j: number, u: string) => {
+    const at = `b[b${j} + q + ${u}u]`;
+    if (!half) return `let w${j}_${u}_0 = ${at};`;
+    const p = `p${j}_${u}`;
+    return perLoad === 8
+      ? `let ${p} = ${at}; let w${j}_${u}_0 = vec4(half2(${p}.x), half2(${p}.y)); let w${j}_${u}_1 = vec4(half2(${p}.z), half2(${p}.w));`
+      : `let ${p} = ${at}; let w${j}_${u}_0 = vec4(half2(${p}.x), half2(${p}.y));`;
+  };
+  const fmas = (u: string) =>
     R.map((r) =>
-      `let av${r} = a4[(x${r} + k) / 4u${ai}];
-    c${r} += av${r}.x * bx; c${r} += av${r}.y * by; c${r} += av${r}.z * bz; c${r} += av${r}.w * bw;`
-    ).join("\n    ")
-  }`;
-  const loop = wide
-    ? `for (var k = 0u; k < K; k += 8u) {
-    let p0 = b[(r0 + k) / 8u]; let p1 = b[(r1 + k) / 8u];
-    let p2 = b[(r2 + k) / 8u]; let p3 = b[(r3 + k) / 8u];
-    {
-    let w0 = vec4(half2(p0.x), half2(p0.y)); let w1 = vec4(half2(p1.x), half2(p1.y));
-    let w2 = vec4(half2(p2.x), half2(p2.y)); let w3 = vec4(half2(p3.x), half2(p3.y));${step("")}
-    }
-    {
-    let w0 = vec4(half2(p0.z), half2(p0.w)); let w1 = vec4(half2(p1.z), half2(p1.w));
-    let w2 = vec4(half2(p2.z), half2(p2.w)); let w3 = vec4(half2(p3.z), half2(p3.w));${
-      step(" + 1u")
-    }
-    }
-  }`
-    : `for (var k = 0u; k < K; k += 4u) {
-    let w0 = ldb4(r0 + k); let w1 = ldb4(r1 + k); let w2 = ldb4(r2 + k); let w3 = ldb4(r3 + k);${
-      step("")
-    }
-  }`;
+      T.map((t) => `let a${r}_${u}_${t} = a4[x${r} + (q + ${u}u) * ${vecs}u + ${t}u];`).join(" ") +
+      "\n    " +
+      J.map((j) =>
+        T.map((t) =>
+          ["x", "y", "z", "w"].map((c) =>
+            `s${r}_${j} += a${r}_${u}_${t}.${c} * w${j}_${u}_${t}.${c};`
+          )
+            .join(" ")
+        ).join(" ")
+      ).join("\n    ")
+    ).join("\n    ");
+  // one step of `unroll` loads per row: all loads first, then the multiply-adds in k order
+  const step = (unroll: number) => {
+    const U = Array.from({ length: unroll }, (_, u) => `${u}`);
+    return `${J.map((j) => U.map((u) => load(j, u)).join("\n    ")).join("\n    ")}
+    ${U.map(fmas).join("\n    ")}`;
+  };
   return {
     label: bias ? "gemv_bias" : "gemv",
-    inputs,
+    inputs: {
+      a4: "vec4<f32>",
+      b: !half ? "vec4<f32>" : perLoad === 8 ? "vec4<u32>" : "vec2<u32>",
+      ...(bias ? { bias: "f32" } : {}),
+    },
     outputs: { c: "f32" },
     params: { M: "u32", N: "u32", K: "u32" } as const,
     grid: "elements" as const,
     workgroupSize: [64] as const,
-    helpers: loadB4(bType, wide),
+    helpers: bType === "f32" ? "" : half2Fn(bType),
     main: `
   let i = flat_index(gid, nwg);
-  let M = params.M; let N = params.N; let K = params.K;
-  let blocks = (N + 3u) / 4u;
+  let M = params.M; let N = params.N;
+  let loads = params.K / ${perLoad}u; // weight loads per row
+  let blocks = (N + ${GEMV_COLUMNS - 1}u) / ${GEMV_COLUMNS}u;
   if (i >= ((M + ${rows - 1}u) / ${rows}u) * blocks) { return; }
   // rows past M re-read row M-1 and columns past N column N-1 (valid memory), unstored
   let m0 = (i / blocks) * ${rows}u;
-  let n0 = (i % blocks) * 4u;
-  let r0 = min(n0, N - 1u) * K; let r1 = min(n0 + 1u, N - 1u) * K;
-  let r2 = min(n0 + 2u, N - 1u) * K; let r3 = min(n0 + 3u, N - 1u) * K;
+  let n0 = (i % blocks) * ${GEMV_COLUMNS}u;
+  ${J.map((j) => `let b${j} = min(n0 + ${j}u, N - 1u) * loads;`).join("\n  ")}
+  ${R.map((r) => `let x${r} = min(m0 + ${r}u, M - 1u) * loads * ${vecs}u;`).join("\n  ")}
+  ${R.flatMap((r) => J.map((j) => `var s${r}_${j} = 0.0;`)).join(" ")}
+  let whole = loads - loads % ${GEMV_UNROLL}u;
+  for (var q = 0u; q < whole; q += ${GEMV_UNROLL}u) {
+    ${step(GEMV_UNROLL)}
+  }
+  for (var q = whole; q < loads; q++) {
+    ${step(1)}
+  }
   ${
-      R.map((r) => `let x${r} = min(m0 + ${r}u, M - 1u) * K; var c${r} = vec4<f32>(0.0);`).join(
-        "\n  ",
-      )
-    }
-  ${loop}
-  ${
-      R.map((r) =>
-        `if (m0 + ${r}u < M) {
-    for (var j = 0u; j < 4u; j++) { if (n0 + j < N) { c[(m0 + ${r}u) * N + n0 + j] = c${r}[j]${plus}; } }
-  }`
+      R.flatMap((r) =>
+        J.map((j) =>
+          `if (m0 + ${r}u < M && n0 + ${j}u < N) { c[(m0 + ${r}u) * N + n0 + ${j}u] = s${r}_${j}${
+            bias ? ` + bias[n0 + ${j}u]` : ""
+          }; }`
+        )
       ).join("\n  ")
     }`,
   };
 }
 
-/**
- * One row (M = 1) against half weights, K % 8 == 0: 8 output columns per
- * invocation, each a scalar sum in the 4-column kernel's order (so the same
- * bits), which keeps more loads in flight: 10-15% faster on the CPU adapter.
- */
-function gemvRowSpec(bias: boolean) {
-  const J = Array.from({ length: GEMV_ROW_COLUMNS }, (_, j) => j);
-  return {
-    label: bias ? "gemv_bias" : "gemv",
-    outputs: { c: "f32" },
-    params: { M: "u32", N: "u32", K: "u32" } as const,
-    grid: "elements" as const,
-    workgroupSize: [64] as const,
-    main: `
-  let i = flat_index(gid, nwg);
-  let N = params.N; let K = params.K;
-  if (i * ${GEMV_ROW_COLUMNS}u >= N) { return; }
-  let n0 = i * ${GEMV_ROW_COLUMNS}u;
-  ${J.map((j) => `let r${j} = min(n0 + ${j}u, N - 1u) * K; var s${j} = 0.0;`).join("\n  ")}
-  for (var k = 0u; k < K; k += 8u) {
-    let a0 = a4[k / 4u]; let a1 = a4[k / 4u + 1u];
-    ${
-      J.map((j) =>
-        `{ let p = b[(r${j} + k) / 8u];
-      let w = vec4(half2(p.x), half2(p.y)); let v = vec4(half2(p.z), half2(p.w));
-      s${j} += a0.x * w.x; s${j} += a0.y * w.y; s${j} += a0.z * w.z; s${j} += a0.w * w.w;
-      s${j} += a1.x * v.x; s${j} += a1.y * v.y; s${j} += a1.z * v.z; s${j} += a1.w * v.w; }`
-      ).join("\n    ")
-    }
-  }
-  ${
-      J.map((j) =>
-        `if (n0 + ${j}u < N) { c[n0 + ${j}u] = s${j}${bias ? ` + bias[n0 + ${j}u]` : ""}; }`
-      )
-        .join("\n  ")
-    }`,
-  };
-}
-
-/** Output columns per invocation of the one-row half-weight GEMV. */
-export const GEMV_ROW_COLUMNS = 8;
-
-/** Output columns per invocation of the GEMV variant for `rows` and `wide`. */
-export function gemvColumns(rows: 1 | 4, wide: boolean): number {
-  return rows === 1 && wide ? GEMV_ROW_COLUMNS : 4;
-}
-
-/** The GEMV; `wide` (half weights, K % 8 == 0) reads 8 weights per load. */
-export const gemvKernel = memoKernel((bType: WeightType, rows: 1 | 4, wide: boolean) =>
+/** The GEMV for weights of `bType`, `perLoad` weights per load (weightsPerLoad). */
+export const gemvKernel = memoKernel((bType: WeightType, rows: 1 | 4, perLoad: 4 | 8) =>
   declareKernel(
-    gemvSpec(bType, rows, false, wide) as KernelSpec<"a4" | "b", "c", "M" | "N" | "K">,
+    gemvSpec(bType, rows, false, perLoad) as KernelSpec<"a4" | "b", "c", "M" | "N" | "K">,
   )
 );
 
 /** The GEMV with a linear layer's bias (N) added in its store: x·Wᵀ + b in one dispatch. */
-export const gemvBiasKernel = memoKernel((bType: WeightType, rows: 1 | 4, wide: boolean) =>
+export const gemvBiasKernel = memoKernel((bType: WeightType, rows: 1 | 4, perLoad: 4 | 8) =>
   declareKernel(
-    gemvSpec(bType, rows, true, wide) as KernelSpec<"a4" | "b" | "bias", "c", "M" | "N" | "K">,
+    gemvSpec(bType, rows, true, perLoad) as KernelSpec<
+      "a4" | "b" | "bias",
+      "c",
+      "M" | "N" | "K"
+    >,
   )
 );

@@ -5,12 +5,13 @@
  * @module
  */
 import {
+  GEMV_COLUMNS,
   gemvBiasKernel,
-  gemvColumns,
   gemvKernel,
   matmulKernel,
   matmulVec4Kernel,
   MM,
+  weightsPerLoad,
 } from "../../kernels/matmul.ts";
 import { record } from "../autograd.ts";
 import { launch } from "../launch.ts";
@@ -109,12 +110,11 @@ function launchMatmul(
   // decode shapes (few rows times a weight stored (N, K)): the GEMV kernel
   if (M <= GEMV_MAX_ROWS && transB && !transA && batch === 1 && K % 4 === 0) {
     const rows = M === 1 ? 1 : 4;
-    const wide = bType !== "f32" && K % 8 === 0;
     launch(
-      gemvKernel(bType, rows, wide),
+      gemvKernel(bType, rows, weightsPerLoad(bType, K)),
       { a4: a, b, c: out },
       { M, N, K },
-      Math.ceil(M / rows) * Math.ceil(N / gemvColumns(rows, wide)),
+      Math.ceil(M / rows) * Math.ceil(N / GEMV_COLUMNS),
     );
     return;
   }
@@ -179,12 +179,12 @@ export function gemvBias(x: Tensor, w: Tensor, bias: Tensor): Tensor | null {
   ) return null;
   const out = Tensor.empty([...x.shape.slice(0, -1), N]);
   const rows = M === 1 ? 1 : 4;
-  const wide = w.dtype !== "f32" && K % 8 === 0;
+  const bType = w.dtype as "f32" | "bf16" | "f16";
   launch(
-    gemvBiasKernel(w.dtype as "f32" | "bf16" | "f16", rows, wide),
+    gemvBiasKernel(bType, rows, weightsPerLoad(bType, K)),
     { a4: x, b: w, bias, c: out },
     { M, N, K },
-    Math.ceil(M / rows) * Math.ceil(N / gemvColumns(rows, wide)),
+    Math.ceil(M / rows) * Math.ceil(N / GEMV_COLUMNS),
   );
   return out;
 }
