@@ -229,7 +229,7 @@ fn store(row: u32, n0: u32, N: u32, lo: vec4<f32>, hi: vec4<f32>) {
 type WeightType = "f32" | "bf16" | "f16";
 
 /** Output columns per GEMV invocation. */
-export const GEMV_COLUMNS = 4;
+const GEMV_COLUMNS = 4;
 /** Consecutive loads of each weight row per GEMV loop step. */
 const GEMV_UNROLL = 4;
 
@@ -238,46 +238,66 @@ export function weightsPerLoad(bType: WeightType, K: number): 4 | 8 {
   return bType !== "f32" && K % 8 === 0 ? 8 : 4;
 }
 
-function gemvSpec(bType: WeightType, rows: 1 | 4, bias: boolean, perLoad: 4 | 8) {
+/** What a GEMV does with its dot products before storing them. */
+type GemvEpilogue = "none" | "bias" | "siluMul";
+
+/**
+ * The GEMV's WGSL. `siluMul` reads two weights of one shape, gate (`b`) and
+ * up (`b2`), and stores silu(x·gateᵀ) * (x·upᵀ): the gated MLP's product,
+ * with siluMul's expression, so the same bits as two GEMVs then siluMul.
+ */
+function gemvSpec(bType: WeightType, rows: 1 | 4, epilogue: GemvEpilogue, perLoad: 4 | 8) {
+  const gated = epilogue === "siluMul";
+  const cols = gemvColumns(epilogue);
   const R = Array.from({ length: rows }, (_, r) => r);
-  const J = Array.from({ length: GEMV_COLUMNS }, (_, j) => j);
+  const J = Array.from({ length: cols }, (_, j) => j);
+  // weight rows streamed per invocation: column j of b (and of b2 when gated)
+  const S = gated ? [...J, ...J.map((j) => j + cols)] : J;
+  const arrayOf = (s: number) => (s < cols ? "b" : "b2");
   const half = bType !== "f32";
   const vecs = perLoad / 4; // activation vec4s per load of weights
   const T = Array.from({ length: vecs }, (_, t) => t);
-  // load u of this step from column j's row, unpacked to vec4s w{j}_{u}_{t}
-  const load = (j: number, u: string) => {
-    const at = `b[b${j} + q + ${u}u]`;
-    if (!half) return `let w${j}_${u}_0 = ${at};`;
-    const p = `p${j}_${u}`;
+  // load u of this step from stream s's row, unpacked to vec4s w{s}_{u}_{t}
+  const load = (s: number, u: string) => {
+    const at = `${arrayOf(s)}[o${s} + q + ${u}u]`;
+    if (!half) return `let w${s}_${u}_0 = ${at};`;
+    const p = `p${s}_${u}`;
     return perLoad === 8
-      ? `let ${p} = ${at}; let w${j}_${u}_0 = vec4(half2(${p}.x), half2(${p}.y)); let w${j}_${u}_1 = vec4(half2(${p}.z), half2(${p}.w));`
-      : `let ${p} = ${at}; let w${j}_${u}_0 = vec4(half2(${p}.x), half2(${p}.y));`;
+      ? `let ${p} = ${at}; let w${s}_${u}_0 = vec4(half2(${p}.x), half2(${p}.y)); let w${s}_${u}_1 = vec4(half2(${p}.z), half2(${p}.w));`
+      : `let ${p} = ${at}; let w${s}_${u}_0 = vec4(half2(${p}.x), half2(${p}.y));`;
   };
   const fmas = (u: string) =>
     R.map((r) =>
       T.map((t) => `let a${r}_${u}_${t} = a4[x${r} + (q + ${u}u) * ${vecs}u + ${t}u];`).join(" ") +
       "\n    " +
-      J.map((j) =>
+      S.map((s) =>
         T.map((t) =>
           ["x", "y", "z", "w"].map((c) =>
-            `s${r}_${j} += a${r}_${u}_${t}.${c} * w${j}_${u}_${t}.${c};`
-          )
-            .join(" ")
+            `s${r}_${s} += a${r}_${u}_${t}.${c} * w${s}_${u}_${t}.${c};`
+          ).join(" ")
         ).join(" ")
       ).join("\n    ")
     ).join("\n    ");
   // one step of `unroll` loads per row: all loads first, then the multiply-adds in k order
   const step = (unroll: number) => {
     const U = Array.from({ length: unroll }, (_, u) => `${u}`);
-    return `${J.map((j) => U.map((u) => load(j, u)).join("\n    ")).join("\n    ")}
+    return `${S.map((s) => U.map((u) => load(s, u)).join("\n    ")).join("\n    ")}
     ${U.map(fmas).join("\n    ")}`;
   };
+  const value = (r: number, j: number) =>
+    epilogue === "bias"
+      ? `s${r}_${j} + bias[n0 + ${j}u]` // a linear layer's bias, added as the add op does
+      : gated
+      ? `s${r}_${j} / (1.0 + exp(-s${r}_${j})) * s${r}_${j + cols}` // siluMul's expression
+      : `s${r}_${j}`;
+  const weights = !half ? "vec4<f32>" : perLoad === 8 ? "vec4<u32>" : "vec2<u32>";
   return {
-    label: bias ? "gemv_bias" : "gemv",
+    label: gated ? "gemv_silu_mul" : epilogue === "bias" ? "gemv_bias" : "gemv",
     inputs: {
       a4: "vec4<f32>",
-      b: !half ? "vec4<f32>" : perLoad === 8 ? "vec4<u32>" : "vec2<u32>",
-      ...(bias ? { bias: "f32" } : {}),
+      b: weights,
+      ...(gated ? { b2: weights } : {}),
+      ...(epilogue === "bias" ? { bias: "f32" } : {}),
     },
     outputs: { c: "f32" },
     params: { M: "u32", N: "u32", K: "u32" } as const,
@@ -288,14 +308,14 @@ function gemvSpec(bType: WeightType, rows: 1 | 4, bias: boolean, perLoad: 4 | 8)
   let i = flat_index(gid, nwg);
   let M = params.M; let N = params.N;
   let loads = params.K / ${perLoad}u; // weight loads per row
-  let blocks = (N + ${GEMV_COLUMNS - 1}u) / ${GEMV_COLUMNS}u;
+  let blocks = (N + ${cols - 1}u) / ${cols}u;
   if (i >= ((M + ${rows - 1}u) / ${rows}u) * blocks) { return; }
   // rows past M re-read row M-1 and columns past N column N-1 (valid memory), unstored
   let m0 = (i / blocks) * ${rows}u;
-  let n0 = (i % blocks) * ${GEMV_COLUMNS}u;
-  ${J.map((j) => `let b${j} = min(n0 + ${j}u, N - 1u) * loads;`).join("\n  ")}
+  let n0 = (i % blocks) * ${cols}u;
+  ${S.map((s) => `let o${s} = min(n0 + ${s % cols}u, N - 1u) * loads;`).join("\n  ")}
   ${R.map((r) => `let x${r} = min(m0 + ${r}u, M - 1u) * loads * ${vecs}u;`).join("\n  ")}
-  ${R.flatMap((r) => J.map((j) => `var s${r}_${j} = 0.0;`)).join(" ")}
+  ${R.flatMap((r) => S.map((s) => `var s${r}_${s} = 0.0;`)).join(" ")}
   let whole = loads - loads % ${GEMV_UNROLL}u;
   for (var q = 0u; q < whole; q += ${GEMV_UNROLL}u) {
     ${step(GEMV_UNROLL)}
@@ -306,8 +326,8 @@ function gemvSpec(bType: WeightType, rows: 1 | 4, bias: boolean, perLoad: 4 | 8)
   ${
       R.flatMap((r) =>
         J.map((j) =>
-          `if (m0 + ${r}u < M && n0 + ${j}u < N) { c[(m0 + ${r}u) * N + n0 + ${j}u] = s${r}_${j}${
-            bias ? ` + bias[n0 + ${j}u]` : ""
+          `if (m0 + ${r}u < M && n0 + ${j}u < N) { c[(m0 + ${r}u) * N + n0 + ${j}u] = ${
+            value(r, j)
           }; }`
         )
       ).join("\n  ")
@@ -315,18 +335,37 @@ function gemvSpec(bType: WeightType, rows: 1 | 4, bias: boolean, perLoad: 4 | 8)
   };
 }
 
+/**
+ * Output columns per invocation of the GEMV for `epilogue` (launch ceil(N / this)
+ * per row block): the gated one streams two weight rows per column.
+ */
+export function gemvColumns(epilogue: GemvEpilogue): number {
+  return epilogue === "siluMul" ? GEMV_COLUMNS / 2 : GEMV_COLUMNS;
+}
+
 /** The GEMV for weights of `bType`, `perLoad` weights per load (weightsPerLoad). */
 export const gemvKernel = memoKernel((bType: WeightType, rows: 1 | 4, perLoad: 4 | 8) =>
   declareKernel(
-    gemvSpec(bType, rows, false, perLoad) as KernelSpec<"a4" | "b", "c", "M" | "N" | "K">,
+    gemvSpec(bType, rows, "none", perLoad) as KernelSpec<"a4" | "b", "c", "M" | "N" | "K">,
   )
 );
 
 /** The GEMV with a linear layer's bias (N) added in its store: x·Wᵀ + b in one dispatch. */
 export const gemvBiasKernel = memoKernel((bType: WeightType, rows: 1 | 4, perLoad: 4 | 8) =>
   declareKernel(
-    gemvSpec(bType, rows, true, perLoad) as KernelSpec<
+    gemvSpec(bType, rows, "bias", perLoad) as KernelSpec<
       "a4" | "b" | "bias",
+      "c",
+      "M" | "N" | "K"
+    >,
+  )
+);
+
+/** silu(x·gateᵀ) * (x·upᵀ) in one dispatch: the gated MLP's product when decoding. */
+export const gemvSiluMulKernel = memoKernel((bType: WeightType, rows: 1 | 4, perLoad: 4 | 8) =>
+  declareKernel(
+    gemvSpec(bType, rows, "siluMul", perLoad) as KernelSpec<
+      "a4" | "b" | "b2",
       "c",
       "M" | "N" | "K"
     >,

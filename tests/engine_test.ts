@@ -278,10 +278,10 @@ Deno.test({
 
 Deno.test({
   name:
-    "matmul() decode shapes (GEMV: M 1, 3, 16, N not a tile multiple, f32/bf16/f16) match the CPU reference and the 8x8 kernel bit for bit",
+    "matmul() decode shapes (GEMV: M 1, 3, 16, N not a tile multiple, f32/bf16/f16) match the CPU reference and the 8x8 kernel bit for bit, with the bias and silu·mul epilogues",
   ...gpuTest,
   fn: async () => {
-    const { GEMV_MAX_ROWS, gemvBias, matmulReference } = await import(
+    const { GEMV_MAX_ROWS, gemvBias, gemvSiluMul, matmulReference } = await import(
       "../engine/ops/matmul.ts"
     );
     for (const dtype of ["f32", "bf16", "f16"] as const) {
@@ -330,6 +330,21 @@ Deno.test({
         if (fused) {
           const twoOps = await ops.add(ops.matmul(xM, wt, { transB: true }), bias).toArray();
           assertEquals(Array.from(await fused.toArray()), Array.from(twoOps), `gemvBias ${dtype}`);
+        }
+        // the gated MLP's product in the GEMV's store: the same bits as two matmuls then siluMul
+        const up = Tensor.from(randArray([N, K], 6).data, [N, K], { dtype });
+        const gated = gemvSiluMul(xM, wt, up);
+        assertEquals(gated === null, M > GEMV_MAX_ROWS, `gemvSiluMul M=${M}`);
+        if (gated) {
+          const threeOps = await ops.siluMul(
+            ops.matmul(xM, wt, { transB: true }),
+            ops.matmul(xM, up, { transB: true }),
+          ).toArray();
+          assertEquals(
+            Array.from(await gated.toArray()),
+            Array.from(threeOps),
+            `gemvSiluMul ${dtype} M=${M} N=${N}`,
+          );
         }
       }
     }

@@ -26,6 +26,7 @@ import {
   siluMul,
   slice,
 } from "../ops/mod.ts";
+import { gemvSiluMul } from "../ops/matmul.ts";
 import { gradEnabled, keep } from "../scope.ts";
 import { DTYPE_BYTES, Tensor } from "../tensor.ts";
 import { type LoraAdapters, withLora } from "./lora.ts";
@@ -415,41 +416,61 @@ export class DecoderLM implements CausalLM {
       return permute(h, [0, 2, 1, 3]); // (B, n, T, D)
     };
     const adapters = options.adapters === false ? null : this.#adapters;
-    const layer = (L: Layer, i: number) => (x: Tensor): Tensor => {
-      const n = c.names.layer(i);
-      // x·Wᵀ + b, plus the LoRA term where an adapter is attached
-      const lin = (x: Tensor, w: Chunked, bias: Tensor | null, name: string) =>
-        withLora(chunkedLinear(x, w, bias), x, adapters?.byWeight.get(name));
-      const h = rmsNorm(x, L.inputNorm, c.rmsNormEps);
-      const q = rope(heads(lin(h, L.q, L.qBias, n.q), c.numHeads, L.qNorm), cos, sin);
-      const k = rope(heads(lin(h, L.k, L.kBias, n.k), c.numKvHeads, L.kNorm), cos, sin);
-      const v = heads(lin(h, L.v, L.vBias, n.v), c.numKvHeads, null);
-      cache?.write(i, k, v);
-      // fused: causal and padding masked, GQA and the cache read in place, O(T) memory
-      const attended = cache
-        ? attention(q, cache.keys[i], cache.values[i], { scale, keyMask, keys: S })
-        : attention(q, k, v, { scale, keyMask });
-      const a = permute(attended, [0, 2, 1, 3]); // (B, T, H, D)
-      const attn = lin(reshape(a, [B, T, c.numHeads * c.headDim]), L.o, null, n.o);
-      // decoding (no tape): the residual add and the norm in one dispatch
-      const taped = gradEnabled() && [x, attn, L.postNorm].some((t) => t.requiresGrad);
-      const residualNorm = (): [Tensor, Tensor] => {
-        const x1 = add(x, attn);
-        return [x1, rmsNorm(x1, L.postNorm, c.rmsNormEps)];
+    const finalNorm = this.#byName.get(c.names.finalNorm)!.chunks[0];
+    // Decoding (no tape): each residual add and the norm after it are one dispatch, and the
+    // gated MLP's two projections and silu·mul another. The same bits as the taped path.
+    const fused = !gradEnabled();
+    // a layer maps the residual stream x and its input norm h (fused path) to the next pair;
+    // `nextNorm` is the norm after the layer's closing residual add
+    const layer =
+      (L: Layer, i: number, nextNorm: Tensor) =>
+      (x: Tensor, hIn: Tensor | null): [Tensor, Tensor | null] => {
+        const n = c.names.layer(i);
+        // x·Wᵀ + b, plus the LoRA term where an adapter is attached
+        const lin = (x: Tensor, w: Chunked, bias: Tensor | null, name: string) =>
+          withLora(chunkedLinear(x, w, bias), x, adapters?.byWeight.get(name));
+        const h = hIn ?? rmsNorm(x, L.inputNorm, c.rmsNormEps);
+        const q = rope(heads(lin(h, L.q, L.qBias, n.q), c.numHeads, L.qNorm), cos, sin);
+        const k = rope(heads(lin(h, L.k, L.kBias, n.k), c.numKvHeads, L.kNorm), cos, sin);
+        const v = heads(lin(h, L.v, L.vBias, n.v), c.numKvHeads, null);
+        cache?.write(i, k, v);
+        // fused: causal and padding masked, GQA and the cache read in place, O(T) memory
+        const attended = cache
+          ? attention(q, cache.keys[i], cache.values[i], { scale, keyMask, keys: S })
+          : attention(q, k, v, { scale, keyMask });
+        const a = permute(attended, [0, 2, 1, 3]); // (B, T, H, D)
+        const attn = lin(reshape(a, [B, T, c.numHeads * c.headDim]), L.o, null, n.o);
+        const [x1, h2] = fused
+          ? addRmsNorm(x, attn, L.postNorm, c.rmsNormEps)
+          : [add(x, attn), null];
+        const mlpIn = h2 ?? rmsNorm(x1, L.postNorm, c.rmsNormEps);
+        const plain = L.gate.length === 1 && L.up.length === 1 &&
+          !adapters?.byWeight.has(n.gate) && !adapters?.byWeight.has(n.up);
+        const gated = (fused && plain ? gemvSiluMul(mlpIn, L.gate[0], L.up[0]) : null) ??
+          siluMul(lin(mlpIn, L.gate, null, n.gate), lin(mlpIn, L.up, null, n.up));
+        const down = lin(gated, L.down, null, n.down);
+        return fused ? addRmsNorm(x1, down, nextNorm, c.rmsNormEps) : [add(x1, down), null];
       };
-      const [x1, h2] = taped ? residualNorm() : addRmsNorm(x, attn, L.postNorm, c.rmsNormEps);
-      const gated = siluMul(lin(h2, L.gate, null, n.gate), lin(h2, L.up, null, n.up));
-      return add(x1, lin(gated, L.down, null, n.down));
-    };
     let x = this.embed(ids); // (B, T, C)
+    let h: Tensor | null = fused && this.#layers.length > 0
+      ? rmsNorm(x, this.#layers[0].inputNorm, c.rmsNormEps)
+      : null;
     this.#layers.forEach((L, i) => {
+      const nextNorm = this.#layers[i + 1]?.inputNorm ?? finalNorm;
       // --recompute: keep only each layer's input; backward recomputes the layer
-      x = options.recompute && !cache
-        ? checkpoint(layer(L, i), x, [...layerTensors(L), ...(adapters?.tensors() ?? [])])
-        : layer(L, i)(x);
+      [x, h] = options.recompute && !cache && !fused
+        ? [
+          checkpoint(
+            (x) => layer(L, i, nextNorm)(x, null)[0],
+            x,
+            [...layerTensors(L), ...(adapters?.tensors() ?? [])],
+          ),
+          null,
+        ]
+        : layer(L, i, nextNorm)(x, h);
     });
     if (cache) cache.length = S;
-    return rmsNorm(x, this.#byName.get(c.names.finalNorm)!.chunks[0], c.rmsNormEps);
+    return h ?? rmsNorm(x, finalNorm, c.rmsNormEps);
   }
 
   /**

@@ -5,9 +5,10 @@
  * @module
  */
 import {
-  GEMV_COLUMNS,
   gemvBiasKernel,
+  gemvColumns,
   gemvKernel,
+  gemvSiluMulKernel,
   matmulKernel,
   matmulVec4Kernel,
   MM,
@@ -114,7 +115,7 @@ function launchMatmul(
       gemvKernel(bType, rows, weightsPerLoad(bType, K)),
       { a4: a, b, c: out },
       { M, N, K },
-      Math.ceil(M / rows) * Math.ceil(N / GEMV_COLUMNS),
+      Math.ceil(M / rows) * Math.ceil(N / gemvColumns("none")),
     );
     return;
   }
@@ -164,19 +165,24 @@ export function matmulStridedB(
   return out;
 }
 
+/** M when x (..., K) and W (N, K) take the GEMV (at most GEMV_MAX_ROWS rows, K % 4 == 0), else 0. */
+function gemvRows(x: Tensor, w: Tensor): number {
+  const K = x.shape.at(-1)!;
+  const M = x.size / Math.max(1, K);
+  const fits = M <= GEMV_MAX_ROWS && K % 4 === 0 && w.shape.length === 2 && w.shape[1] === K &&
+    x.dtype === "f32" && w.dtype !== "i32";
+  return fits ? M : 0;
+}
+
 /**
  * x·Wᵀ + bias in one GEMV dispatch for decode shapes: x (..., K) of at most
  * GEMV_MAX_ROWS rows, W (N, K), bias (N). Bit-identical to matmul then add.
  * No tape; null when the shape takes the tile kernel.
  */
 export function gemvBias(x: Tensor, w: Tensor, bias: Tensor): Tensor | null {
-  const K = x.shape.at(-1)!;
-  const M = x.size / Math.max(1, K);
-  const [N, Kw] = w.shape;
-  if (
-    M > GEMV_MAX_ROWS || M === 0 || K % 4 !== 0 || w.shape.length !== 2 || Kw !== K ||
-    x.dtype !== "f32" || w.dtype === "i32" || bias.dtype !== "f32" || bias.size !== N
-  ) return null;
+  const M = gemvRows(x, w);
+  const [N, K] = w.shape;
+  if (M === 0 || bias.dtype !== "f32" || bias.size !== N) return null;
   const out = Tensor.empty([...x.shape.slice(0, -1), N]);
   const rows = M === 1 ? 1 : 4;
   const bType = w.dtype as "f32" | "bf16" | "f16";
@@ -184,7 +190,29 @@ export function gemvBias(x: Tensor, w: Tensor, bias: Tensor): Tensor | null {
     gemvBiasKernel(bType, rows, weightsPerLoad(bType, K)),
     { a4: x, b: w, bias, c: out },
     { M, N, K },
-    Math.ceil(M / rows) * Math.ceil(N / GEMV_COLUMNS),
+    Math.ceil(M / rows) * Math.ceil(N / gemvColumns("bias")),
+  );
+  return out;
+}
+
+/**
+ * silu(x·gateᵀ) * (x·upᵀ), the gated MLP's product, in one GEMV dispatch for
+ * decode shapes: x (..., K) of at most GEMV_MAX_ROWS rows, gate and up (N, K)
+ * of one dtype. The same bits as two matmuls then siluMul. No tape; null when
+ * the shape takes the tile kernel.
+ */
+export function gemvSiluMul(x: Tensor, gate: Tensor, up: Tensor): Tensor | null {
+  const M = gemvRows(x, gate);
+  const [N, K] = gate.shape;
+  if (M === 0 || up.shape.join() !== gate.shape.join() || up.dtype !== gate.dtype) return null;
+  const out = Tensor.empty([...x.shape.slice(0, -1), N]);
+  const rows = M === 1 ? 1 : 4;
+  const bType = gate.dtype as "f32" | "bf16" | "f16";
+  launch(
+    gemvSiluMulKernel(bType, rows, weightsPerLoad(bType, K)),
+    { a4: x, b: gate, b2: up, c: out },
+    { M, N, K },
+    Math.ceil(M / rows) * Math.ceil(N / gemvColumns("siluMul")),
   );
   return out;
 }
