@@ -241,19 +241,36 @@ export function weightsPerLoad(bType: WeightType, K: number): 4 | 8 {
 /** What a GEMV does with its dot products before storing them. */
 type GemvEpilogue = "none" | "bias" | "siluMul";
 
+/** The bindings and sizes one GEMV body reads and writes (WGSL names). */
+interface GemvNames {
+  b: string; // the weight (N, K)
+  b2?: string; // the up weight, for siluMul
+  bias?: string;
+  c: string; // the output (M, N)
+  N: string;
+}
+
 /**
- * The GEMV's WGSL. `siluMul` reads two weights of one shape, gate (`b`) and
- * up (`b2`), and stores silu(x·gateᵀ) * (x·upᵀ): the gated MLP's product,
- * with siluMul's expression, so the same bits as two GEMVs then siluMul.
+ * WGSL statements computing one GEMV for invocation index `i` (in scope with
+ * M, and `loads`, the weight loads per row). `siluMul` reads two weights of
+ * one shape, gate (`b`) and up (`b2`), and stores silu(x·gateᵀ) * (x·upᵀ):
+ * the gated MLP's product, with siluMul's expression, so the same bits as two
+ * GEMVs then siluMul.
  */
-function gemvSpec(bType: WeightType, rows: 1 | 4, epilogue: GemvEpilogue, perLoad: 4 | 8) {
+function gemvBody(
+  bType: WeightType,
+  rows: 1 | 4,
+  epilogue: GemvEpilogue,
+  perLoad: 4 | 8,
+  names: GemvNames,
+): string {
   const gated = epilogue === "siluMul";
   const cols = gemvColumns(epilogue);
   const R = Array.from({ length: rows }, (_, r) => r);
   const J = Array.from({ length: cols }, (_, j) => j);
   // weight rows streamed per invocation: column j of b (and of b2 when gated)
   const S = gated ? [...J, ...J.map((j) => j + cols)] : J;
-  const arrayOf = (s: number) => (s < cols ? "b" : "b2");
+  const arrayOf = (s: number) => (s < cols ? names.b : names.b2!);
   const half = bType !== "f32";
   const vecs = perLoad / 4; // activation vec4s per load of weights
   const T = Array.from({ length: vecs }, (_, t) => t);
@@ -286,11 +303,47 @@ function gemvSpec(bType: WeightType, rows: 1 | 4, epilogue: GemvEpilogue, perLoa
   };
   const value = (r: number, j: number) =>
     epilogue === "bias"
-      ? `s${r}_${j} + bias[n0 + ${j}u]` // a linear layer's bias, added as the add op does
+      ? `s${r}_${j} + ${names.bias}[n0 + ${j}u]` // a linear layer's bias, added as the add op does
       : gated
       ? `s${r}_${j} / (1.0 + exp(-s${r}_${j})) * s${r}_${j + cols}` // siluMul's expression
       : `s${r}_${j}`;
-  const weights = !half ? "vec4<f32>" : perLoad === 8 ? "vec4<u32>" : "vec2<u32>";
+  const N = names.N;
+  return `
+  let blocks = (${N} + ${cols - 1}u) / ${cols}u;
+  if (i >= ((M + ${rows - 1}u) / ${rows}u) * blocks) { return; }
+  // rows past M re-read row M-1 and columns past N column N-1 (valid memory), unstored
+  let m0 = (i / blocks) * ${rows}u;
+  let n0 = (i % blocks) * ${cols}u;
+  ${S.map((s) => `let o${s} = min(n0 + ${s % cols}u, ${N} - 1u) * loads;`).join("\n  ")}
+  ${R.map((r) => `let x${r} = min(m0 + ${r}u, M - 1u) * loads * ${vecs}u;`).join("\n  ")}
+  ${R.flatMap((r) => S.map((s) => `var s${r}_${s} = 0.0;`)).join(" ")}
+  let whole = loads - loads % ${GEMV_UNROLL}u;
+  for (var q = 0u; q < whole; q += ${GEMV_UNROLL}u) {
+    ${step(GEMV_UNROLL)}
+  }
+  for (var q = whole; q < loads; q++) {
+    ${step(1)}
+  }
+  ${
+    R.flatMap((r) =>
+      J.map((j) =>
+        `if (m0 + ${r}u < M && n0 + ${j}u < ${N}) { ${names.c}[(m0 + ${r}u) * ${N} + n0 + ${j}u] = ${
+          value(r, j)
+        }; }`
+      )
+    ).join("\n  ")
+  }`;
+}
+
+/** The WGSL type a weight of `bType` is read as, `perLoad` weights per element. */
+function weightArray(bType: WeightType, perLoad: 4 | 8): string {
+  return bType === "f32" ? "vec4<f32>" : perLoad === 8 ? "vec4<u32>" : "vec2<u32>";
+}
+
+/** One GEMV with its epilogue (see gemvBody). */
+function gemvSpec(bType: WeightType, rows: 1 | 4, epilogue: GemvEpilogue, perLoad: 4 | 8) {
+  const gated = epilogue === "siluMul";
+  const weights = weightArray(bType, perLoad);
   return {
     label: gated ? "gemv_silu_mul" : epilogue === "bias" ? "gemv_bias" : "gemv",
     inputs: {
@@ -308,32 +361,67 @@ function gemvSpec(bType: WeightType, rows: 1 | 4, epilogue: GemvEpilogue, perLoa
   let i = flat_index(gid, nwg);
   let M = params.M; let N = params.N;
   let loads = params.K / ${perLoad}u; // weight loads per row
-  let blocks = (N + ${cols - 1}u) / ${cols}u;
-  if (i >= ((M + ${rows - 1}u) / ${rows}u) * blocks) { return; }
-  // rows past M re-read row M-1 and columns past N column N-1 (valid memory), unstored
-  let m0 = (i / blocks) * ${rows}u;
-  let n0 = (i % blocks) * ${cols}u;
-  ${S.map((s) => `let o${s} = min(n0 + ${s % cols}u, N - 1u) * loads;`).join("\n  ")}
-  ${R.map((r) => `let x${r} = min(m0 + ${r}u, M - 1u) * loads * ${vecs}u;`).join("\n  ")}
-  ${R.flatMap((r) => S.map((s) => `var s${r}_${s} = 0.0;`)).join(" ")}
-  let whole = loads - loads % ${GEMV_UNROLL}u;
-  for (var q = 0u; q < whole; q += ${GEMV_UNROLL}u) {
-    ${step(GEMV_UNROLL)}
-  }
-  for (var q = whole; q < loads; q++) {
-    ${step(1)}
-  }
   ${
-      R.flatMap((r) =>
-        J.map((j) =>
-          `if (m0 + ${r}u < M && n0 + ${j}u < N) { c[(m0 + ${r}u) * N + n0 + ${j}u] = ${
-            value(r, j)
-          }; }`
-        )
-      ).join("\n  ")
+      gemvBody(bType, rows, epilogue, perLoad, {
+        b: "b",
+        b2: "b2",
+        bias: "bias",
+        c: "c",
+        N: "N",
+      })
     }`,
   };
 }
+
+/**
+ * Three GEMVs of one input in one dispatch: an attention layer's q, k and v
+ * projections (with or without their biases) when decoding. Invocations
+ * [0, nq) compute q, then k, then v; each is gemvBody's, so the same bits as
+ * three GEMVs.
+ */
+export const gemvQkvKernel = memoKernel((
+  bType: WeightType,
+  rows: 1 | 4,
+  perLoad: 4 | 8,
+  bias: boolean,
+) => {
+  const weights = weightArray(bType, perLoad);
+  const epilogue: GemvEpilogue = bias ? "bias" : "none";
+  const part = (p: "q" | "k" | "v") =>
+    gemvBody(bType, rows, epilogue, perLoad, {
+      b: `w${p}`,
+      bias: `b${p}`,
+      c: `c${p}`,
+      N: `params.N${p}`,
+    });
+  return declareKernel({
+    label: "gemv_qkv",
+    inputs: {
+      a4: "vec4<f32>",
+      wq: weights,
+      wk: weights,
+      wv: weights,
+      ...(bias ? { bq: "f32", bk: "f32", bv: "f32" } : {}),
+    } as Record<string, string>,
+    outputs: { cq: "f32", ck: "f32", cv: "f32" },
+    params: { M: "u32", Nq: "u32", Nk: "u32", Nv: "u32", K: "u32", nq: "u32", nk: "u32" },
+    grid: "elements",
+    workgroupSize: [64],
+    helpers: bType === "f32" ? "" : half2Fn(bType),
+    main: `
+  let flat = flat_index(gid, nwg);
+  let M = params.M;
+  let loads = params.K / ${perLoad}u; // weight loads per row
+  // nq, nk: the invocations of the q and k parts
+  if (flat < params.nq) {
+    let i = flat;${part("q")}
+  } else if (flat < params.nq + params.nk) {
+    let i = flat - params.nq;${part("k")}
+  } else {
+    let i = flat - params.nq - params.nk;${part("v")}
+  }`,
+  });
+});
 
 /**
  * Output columns per invocation of the GEMV for `epilogue` (launch ceil(N / this)

@@ -278,10 +278,10 @@ Deno.test({
 
 Deno.test({
   name:
-    "matmul() decode shapes (GEMV: M 1, 3, 16, N not a tile multiple, f32/bf16/f16) match the CPU reference and the 8x8 kernel bit for bit, with the bias and silu·mul epilogues",
+    "matmul() decode shapes (GEMV: M 1, 3, 16, N not a tile multiple, f32/bf16/f16) match the CPU reference and the 8x8 kernel bit for bit, with the bias and silu·mul epilogues and q/k/v in one dispatch",
   ...gpuTest,
   fn: async () => {
-    const { GEMV_MAX_ROWS, gemvBias, gemvSiluMul, matmulReference } = await import(
+    const { GEMV_MAX_ROWS, gemvBias, gemvQkv, gemvSiluMul, matmulReference } = await import(
       "../engine/ops/matmul.ts"
     );
     for (const dtype of ["f32", "bf16", "f16"] as const) {
@@ -345,6 +345,29 @@ Deno.test({
             Array.from(threeOps),
             `gemvSiluMul ${dtype} M=${M} N=${N}`,
           );
+        }
+        // q, k and v in one dispatch, with and without biases: the same bits as three linears
+        const Nkv = 4 + (N % 5);
+        const wKey = Tensor.from(randArray([Nkv, K], 7).data, [Nkv, K], { dtype });
+        const wValue = Tensor.from(randArray([Nkv, K], 8).data, [Nkv, K], { dtype });
+        const biases = [bias, toTensor(randArray([Nkv], 9)), toTensor(randArray([Nkv], 10))];
+        for (const withBias of [true, false]) {
+          const qkv = gemvQkv(
+            xM,
+            [wt, wKey, wValue],
+            withBias ? biases as [Tensor, Tensor, Tensor] : null,
+          );
+          assertEquals(qkv === null, M > GEMV_MAX_ROWS, `gemvQkv M=${M}`);
+          if (!qkv) continue;
+          for (const [p, w] of [wt, wKey, wValue].entries()) {
+            const one = ops.matmul(xM, w, { transB: true });
+            const want = await (withBias ? ops.add(one, biases[p]) : one).toArray();
+            assertEquals(
+              Array.from(await qkv[p].toArray()),
+              Array.from(want),
+              `gemvQkv part ${p} ${dtype} M=${M} N=${N} bias=${withBias}`,
+            );
+          }
         }
       }
     }

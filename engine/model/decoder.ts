@@ -6,7 +6,7 @@
  * Weights too large for one storage binding are row chunks.
  * @module
  */
-import { cacheWriteKernel } from "../../kernels/attention.ts";
+import { cacheWriteKernel, ropeCacheWriteKernel } from "../../kernels/attention.ts";
 import { checkpoint } from "../autograd.ts";
 import { device } from "../device.ts";
 import { launch } from "../launch.ts";
@@ -26,7 +26,7 @@ import {
   siluMul,
   slice,
 } from "../ops/mod.ts";
-import { gemvSiluMul } from "../ops/matmul.ts";
+import { gemvQkv, gemvSiluMul } from "../ops/matmul.ts";
 import { gradEnabled, keep } from "../scope.ts";
 import { DTYPE_BYTES, Tensor } from "../tensor.ts";
 import { type LoraAdapters, withLora } from "./lora.ts";
@@ -192,6 +192,45 @@ export class KVCache {
       { n: B * Hkv * T * D, T, D, max_length: this.maxLength, at: this.length },
       B * Hkv * T * D,
     );
+  }
+
+  /**
+   * Decoding's rope and write in one dispatch: rotates q (B, H, T, D) and
+   * returns it, rotates k and writes it and v (B, Hkv, T, D) at the current
+   * length. The same bits as rope(q), rope(k), then write.
+   */
+  writeRotated(layer: number, q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor): Tensor {
+    const [B, Hq, T, D] = q.shape;
+    const Hkv = k.shape[1];
+    const S = this.length + T;
+    if (S > this.maxLength) throw new Error(`KVCache: ${S} tokens exceed its ${this.maxLength}`);
+    const qOut = Tensor.empty(q.shape);
+    launch(
+      ropeCacheWriteKernel,
+      {
+        q,
+        k,
+        v,
+        cosT: cos,
+        sinT: sin,
+        q_out: qOut,
+        keys: this.keys[layer],
+        values: this.values[layer],
+      },
+      {
+        nq: q.size,
+        nk: k.size,
+        Hq,
+        Hkv,
+        T,
+        D,
+        max_length: this.maxLength,
+        at: this.length,
+        sign: 1,
+      },
+      q.size + B * Hkv * T * D,
+    );
+    return qOut;
   }
 
   dispose(): void {
@@ -429,25 +468,53 @@ export class DecoderLM implements CausalLM {
         // x·Wᵀ + b, plus the LoRA term where an adapter is attached
         const lin = (x: Tensor, w: Chunked, bias: Tensor | null, name: string) =>
           withLora(chunkedLinear(x, w, bias), x, adapters?.byWeight.get(name));
+        // one GEMV dispatch can serve a weight kept whole and without an adapter
+        const single = (w: Chunked, name: string) =>
+          w.length === 1 && !adapters?.byWeight.has(name);
         const h = hIn ?? rmsNorm(x, L.inputNorm, c.rmsNormEps);
-        const q = rope(heads(lin(h, L.q, L.qBias, n.q), c.numHeads, L.qNorm), cos, sin);
-        const k = rope(heads(lin(h, L.k, L.kBias, n.k), c.numKvHeads, L.kNorm), cos, sin);
-        const v = heads(lin(h, L.v, L.vBias, n.v), c.numKvHeads, null);
-        cache?.write(i, k, v);
+        const biases = [L.qBias, L.kBias, L.vBias];
+        const qkvFusable = fused && single(L.q, n.q) && single(L.k, n.k) && single(L.v, n.v) &&
+          (biases.every((b) => b) || biases.every((b) => !b));
+        const [qLin, kLin, vLin] = (qkvFusable &&
+          gemvQkv(
+            h,
+            [L.q[0], L.k[0], L.v[0]],
+            L.qBias ? biases as [Tensor, Tensor, Tensor] : null,
+          )) ||
+          [lin(h, L.q, L.qBias, n.q), lin(h, L.k, L.kBias, n.k), lin(h, L.v, L.vBias, n.v)];
+        const v = heads(vLin, c.numKvHeads, null);
+        let q: Tensor;
+        let k: Tensor | null = null; // rotated keys, when not written to the cache by the rope
+        if (fused && cache) {
+          // decoding: rope on q and k and the cache write in one dispatch
+          q = cache.writeRotated(
+            i,
+            heads(qLin, c.numHeads, L.qNorm),
+            heads(kLin, c.numKvHeads, L.kNorm),
+            v,
+            cos,
+            sin,
+          );
+        } else {
+          q = rope(heads(qLin, c.numHeads, L.qNorm), cos, sin);
+          k = rope(heads(kLin, c.numKvHeads, L.kNorm), cos, sin);
+          cache?.write(i, k, v);
+        }
         // fused: causal and padding masked, GQA and the cache read in place, O(T) memory
         const attended = cache
           ? attention(q, cache.keys[i], cache.values[i], { scale, keyMask, keys: S })
-          : attention(q, k, v, { scale, keyMask });
+          : attention(q, k!, v, { scale, keyMask });
         const a = permute(attended, [0, 2, 1, 3]); // (B, T, H, D)
         const attn = lin(reshape(a, [B, T, c.numHeads * c.headDim]), L.o, null, n.o);
         const [x1, h2] = fused
           ? addRmsNorm(x, attn, L.postNorm, c.rmsNormEps)
           : [add(x, attn), null];
         const mlpIn = h2 ?? rmsNorm(x1, L.postNorm, c.rmsNormEps);
-        const plain = L.gate.length === 1 && L.up.length === 1 &&
-          !adapters?.byWeight.has(n.gate) && !adapters?.byWeight.has(n.up);
-        const gated = (fused && plain ? gemvSiluMul(mlpIn, L.gate[0], L.up[0]) : null) ??
-          siluMul(lin(mlpIn, L.gate, null, n.gate), lin(mlpIn, L.up, null, n.up));
+        const gated =
+          (fused && single(L.gate, n.gate) && single(L.up, n.up)
+            ? gemvSiluMul(mlpIn, L.gate[0], L.up[0])
+            : null) ??
+            siluMul(lin(mlpIn, L.gate, null, n.gate), lin(mlpIn, L.up, null, n.up));
         const down = lin(gated, L.down, null, n.down);
         return fused ? addRmsNorm(x1, down, nextNorm, c.rmsNormEps) : [add(x1, down), null];
       };

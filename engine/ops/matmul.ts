@@ -8,6 +8,7 @@ import {
   gemvBiasKernel,
   gemvColumns,
   gemvKernel,
+  gemvQkvKernel,
   gemvSiluMulKernel,
   matmulKernel,
   matmulVec4Kernel,
@@ -215,6 +216,50 @@ export function gemvSiluMul(x: Tensor, gate: Tensor, up: Tensor): Tensor | null 
     Math.ceil(M / rows) * Math.ceil(N / gemvColumns("siluMul")),
   );
   return out;
+}
+
+/**
+ * An attention layer's q, k and v projections of x in one GEMV dispatch for
+ * decode shapes: x (..., K) of at most GEMV_MAX_ROWS rows, the weights (N, K)
+ * of one dtype, and all three biases or none. The same bits as three linear
+ * layers. No tape; null when the shapes take the tile kernel.
+ */
+export function gemvQkv(
+  x: Tensor,
+  weights: [Tensor, Tensor, Tensor],
+  biases: [Tensor, Tensor, Tensor] | null,
+): [Tensor, Tensor, Tensor] | null {
+  const M = gemvRows(x, weights[0]);
+  const K = x.shape.at(-1)!;
+  const fits = M > 0 &&
+    weights.every((w) => gemvRows(x, w) === M && w.dtype === weights[0].dtype) &&
+    (biases === null ||
+      biases.every((b, p) => b.dtype === "f32" && b.size === weights[p].shape[0]));
+  if (!fits) return null;
+  const [Nq, Nk, Nv] = weights.map((w) => w.shape[0]);
+  const outs = weights.map((w) => Tensor.empty([...x.shape.slice(0, -1), w.shape[0]]));
+  const rows = M === 1 ? 1 : 4;
+  const bType = weights[0].dtype as "f32" | "bf16" | "f16";
+  const cols = gemvColumns(biases ? "bias" : "none");
+  const count = (N: number) => Math.ceil(M / rows) * Math.ceil(N / cols);
+  const [wq, wk, wv] = weights;
+  const [cq, ck, cv] = outs;
+  launch(
+    gemvQkvKernel(bType, rows, weightsPerLoad(bType, K), biases !== null),
+    {
+      a4: x,
+      wq,
+      wk,
+      wv,
+      cq,
+      ck,
+      cv,
+      ...(biases ? { bq: biases[0], bk: biases[1], bv: biases[2] } : {}),
+    },
+    { M, Nq, Nk, Nv, K, nq: count(Nq), nk: count(Nk) },
+    count(Nq) + count(Nk) + count(Nv),
+  );
+  return [cq, ck, cv];
 }
 
 /** Matrix product of the last two axes, batched over the leading ones. */
