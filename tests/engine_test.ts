@@ -208,6 +208,29 @@ Deno.test({
 
 Deno.test({
   name:
+    "readbacks hand out their own buffers: values survive later readbacks through the same staging buffer, odd byte counts included",
+  ...gpuTest,
+  fn: async () => {
+    // readMany transfers Deno's mapped-range copy instead of copying it again; were a mapped
+    // range ever an alias of the staging memory, reusing the staging buffer would change these
+    const first = await Tensor.from([1, 2, 3, 4], [4]).toArray();
+    const bf16 = await Tensor.from([1, 2, 3], [3], { dtype: "bf16" }).toArray(); // 6 bytes
+    for (let i = 0; i < 3; i++) await Tensor.from([9, 9, 9, 9], [4]).toArray();
+    const [a, b] = await dev.readMany([
+      { buffer: Tensor.from([5, 6], [2]).buffer, bytes: 8 },
+      { buffer: Tensor.from([7, 8, 9], [3]).buffer, bytes: 10 },
+    ]);
+    for (let i = 0; i < 3; i++) await Tensor.from([0, 0, 0, 0], [4]).toArray();
+    assertEquals([...first], [1, 2, 3, 4]);
+    assertEquals([...bf16], [1, 2, 3]);
+    assertEquals([a.byteLength, b.byteLength], [8, 10]);
+    assertEquals([...new Float32Array(a)], [5, 6]);
+    assertEquals([...new Float32Array(b.slice(0, 8))], [7, 8]);
+  },
+});
+
+Deno.test({
+  name:
     "a tensor past maxStorageBufferBindingSize is a clear error, and pool rounding never causes one",
   ...gpuTest,
   fn: async () => {
