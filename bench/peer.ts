@@ -5,7 +5,8 @@
  * fused kernels never load, so every input is np.array(Float32Array)), then
  * every result read back at once; best of 3. Prints each engine's rate, our
  * ratio to the faster peer, and a streaming probe's GB/s as the adapter's
- * bandwidth ceiling.
+ * bandwidth ceiling; rows bound by bandwidth (the one-row products, softmax,
+ * add) also print the bytes we stream per second against it.
  *
  *   deno task bench:peer
  */
@@ -55,6 +56,8 @@ interface Row {
   name: string;
   unit: "GFLOP/s" | "GB/s";
   work: number; // per op: FLOPs or bytes
+  /** Bytes one op must stream, where the row is bound by the adapter's bandwidth. */
+  bytes?: number;
   reps: number;
   ours: () => Promise<void>;
   tfjs: () => Promise<void>;
@@ -75,6 +78,7 @@ function matmulRow(name: string, M: number, K: number, N: number, reps: number):
     name,
     unit: "GFLOP/s",
     work: 2 * M * N * K,
+    bytes: M === 1 ? 4 * N * K : undefined, // one row: every weight read once, nothing reused
     reps,
     ours: async () => {
       const outs = Array.from({ length: reps }, () => matmul(oa, ob, { transB: true }));
@@ -178,9 +182,10 @@ async function probe(n: number, reps: number): Promise<number> {
 const rows: Row[] = [
   matmulRow("matmul 1024^3", 1024, 1024, 1024, 2),
   matmulRow("matmul 512x896x4864", 512, 896, 4864, 1),
-  matmulRow("matmul 1x896x4864 (decode)", 1, 896, 4864, 16),
+  // decode rows: enough ops that the readback's fixed ~11 ms wait is amortised for every engine
+  matmulRow("matmul 1x896x4864 (decode)", 1, 896, 4864, 64),
   matmulRow("matmul 16x896x4864", 16, 896, 4864, 8),
-  matmulRow("matmul 1x896x32768 (decode, head-sized)", 1, 896, 32768, 4),
+  matmulRow("matmul 1x896x32768 (decode, head-sized)", 1, 896, 32768, 16),
   softmaxRow(64, 151936, 2),
   addRow(16 * 2 ** 20, 2),
 ];
@@ -193,7 +198,11 @@ console.log("| --- | --- | --- | --- | --- | --- |");
 for (const r of rows) {
   const rate = (s: number) => (r.work * r.reps) / s / 1e9;
   const [o, t, j] = [rate(await best(r.ours)), rate(await best(r.tfjs)), rate(await best(r.jax))];
-  const vsCeiling = r.unit === "GB/s" ? ` (${((100 * o) / ceiling).toFixed(0)}% of the probe)` : "";
+  // bandwidth-bound rows: the bytes they stream per second against the probe's
+  const streamed = r.unit === "GB/s" ? o : r.bytes ? (o * r.bytes) / r.work : 0;
+  const vsCeiling = streamed
+    ? ` (${streamed.toFixed(2)} GB/s, ${((100 * streamed) / ceiling).toFixed(0)}% of the probe)`
+    : "";
   console.log(
     `| ${r.name} | ${o.toFixed(2)} | ${t.toFixed(2)} | ${j.toFixed(2)} | ${r.unit} | ${
       (o / Math.max(t, j)).toFixed(2)
