@@ -5,15 +5,15 @@
  * @module
  */
 import { add, broadcastTo, matmul, mulScalar, reshape, softmax } from "./ops/mod.ts";
-import { gemvBias } from "./ops/matmul.ts";
+import { matmulBias } from "./ops/matmul.ts";
 import { gradEnabled } from "./scope.ts";
 import { Tensor } from "./tensor.ts";
 
 /** y = x·Wᵀ + b for W (out, in) as Hugging Face stores it. x (..., in) -> (..., out). */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
   const taped = gradEnabled() && [x, weight, bias].some((t) => t?.requiresGrad);
-  // decoding: the bias rides in the GEMV's store, one dispatch instead of two
-  const fused = bias && !taped ? gemvBias(x, weight, bias) : null;
+  // inference: the bias rides in the product's store, one dispatch instead of two
+  const fused = bias && !taped ? matmulBias(x, weight, bias) : null;
   if (fused) return fused;
   const y = matmul(x, weight, { transB: true });
   return bias ? add(y, bias) : y;

@@ -118,6 +118,8 @@ export const matmulVec4Kernel = memoKernel((
   transA: boolean,
   transB: boolean,
   bType: "f32" | "bf16" | "f16" = "f32",
+  /** Add a bias (N) in the store, as the add op would after the product (inference). */
+  bias = false,
 ) => {
   const W = 8; // 8x8 invocations per workgroup: a 64x64 tile
   const R = [0, 1, 2, 3, 4, 5, 6, 7];
@@ -171,13 +173,24 @@ export const matmulVec4Kernel = memoKernel((
   const decl = R.map((i) => `var c_${i}_0 = vec4<f32>(0.0); var c_${i}_1 = vec4<f32>(0.0);`).join(
     "\n  ",
   );
+  const [lo, hi] = bias ? [" + bias_lo", " + bias_hi"] : ["", ""];
   const stores = R.map((i) =>
-    `if (m0 + ${i}u < M) { store(cOff + (m0 + ${i}u) * N, n0, N, c_${i}_0, c_${i}_1); }`
+    `if (m0 + ${i}u < M) { store(cOff + (m0 + ${i}u) * N, n0, N, c_${i}_0${lo}, c_${i}_1${hi}); }`
   ).join("\n  ");
+  // columns past N read bias N-1 (valid memory), unstored
+  const biasAt = (j: number) => `bias[min(n0 + ${j}u, N - 1u)]`;
+  const biasLoads = bias
+    ? `let bias_lo = vec4<f32>(${[0, 1, 2, 3].map(biasAt).join(", ")});
+  let bias_hi = vec4<f32>(${[4, 5, 6, 7].map(biasAt).join(", ")});`
+    : "";
   const bHelper = loadB4(bType);
   return declareKernel({
     label: "matmul",
-    inputs: { a4: "vec4<f32>", b: bType === "f32" ? "vec4<f32>" : "u32" },
+    inputs: {
+      a4: "vec4<f32>",
+      b: bType === "f32" ? "vec4<f32>" : "u32",
+      ...(bias ? { bias: "f32" } : {}),
+    } as Record<string, string>,
     outputs: { c: "f32" },
     params: PARAMS,
     grid: "workgroups",
@@ -205,6 +218,7 @@ fn store(row: u32, n0: u32, N: u32, lo: vec4<f32>, hi: vec4<f32>) {
     ${lines.join("\n    ")}
   }
   let cOff = bz * M * N;
+  ${biasLoads}
   ${stores}`,
   });
 });

@@ -304,9 +304,10 @@ Deno.test({
     "matmul() decode shapes (GEMV: M 1, 3, 16, N not a tile multiple, f32/bf16/f16) match the CPU reference and the 8x8 kernel bit for bit, with the bias and silu·mul epilogues and q/k/v in one dispatch",
   ...gpuTest,
   fn: async () => {
-    const { GEMV_MAX_ROWS, gemvBias, gemvQkv, gemvSiluMul, matmulReference } = await import(
-      "../engine/ops/matmul.ts"
-    );
+    const { GEMV_MAX_ROWS, gemvBias, gemvQkv, gemvSiluMul, matmulBias, matmulReference } =
+      await import(
+        "../engine/ops/matmul.ts"
+      );
     for (const dtype of ["f32", "bf16", "f16"] as const) {
       for (
         const [M, K, N] of [[1, 8, 13], [2, 12, 9], [3, 20, 130], [4, 64, 517], [16, 64, 517], [
@@ -354,6 +355,14 @@ Deno.test({
           const twoOps = await ops.add(ops.matmul(xM, wt, { transB: true }), bias).toArray();
           assertEquals(Array.from(await fused.toArray()), Array.from(twoOps), `gemvBias ${dtype}`);
         }
+        // and beyond the GEMV's rows, in the 8x8 tile's store
+        const biased = matmulBias(xM, wt, bias);
+        assert(biased !== null, `matmulBias M=${M} K=${K}`);
+        assertEquals(
+          Array.from(await biased.toArray()),
+          Array.from(await ops.add(ops.matmul(xM, wt, { transB: true }), bias).toArray()),
+          `matmulBias ${dtype} M=${M} N=${N}`,
+        );
         // the gated MLP's product in the GEMV's store: the same bits as two matmuls then siluMul
         const up = Tensor.from(randArray([N, K], 6).data, [N, K], { dtype });
         const gated = gemvSiluMul(xM, wt, up);

@@ -121,7 +121,7 @@ function launchMatmul(
     return;
   }
   // vec4 fast path: the contiguous axis of each operand and K are multiples of 4
-  if (K % 4 === 0 && (!transA || M % 4 === 0) && (transB || N % 4 === 0)) {
+  if (vec4Fits(M, N, K, transA, transB)) {
     launch(matmulVec4Kernel(transA, transB, bType), { a4: a, b, c: out }, params, [
       Math.ceil(N / 64),
       Math.ceil(M / 64),
@@ -192,6 +192,38 @@ export function gemvBias(x: Tensor, w: Tensor, bias: Tensor): Tensor | null {
     { a4: x, b: w, bias, c: out },
     { M, N, K },
     Math.ceil(M / rows) * Math.ceil(N / gemvColumns("bias")),
+  );
+  return out;
+}
+
+/** Whether the 8x8 vec4 kernel takes these sizes and layouts. */
+function vec4Fits(M: number, N: number, K: number, transA: boolean, transB: boolean): boolean {
+  return K % 4 === 0 && (!transA || M % 4 === 0) && (transB || N % 4 === 0);
+}
+
+/**
+ * x·Wᵀ + bias with the bias added in the product's store, for inference: the
+ * GEMV for up to GEMV_MAX_ROWS rows, the 8x8 tile beyond. Bit-identical to
+ * matmul then add. x (..., K), W (N, K), bias (N). No tape; null when neither
+ * kernel takes the shape.
+ */
+export function matmulBias(x: Tensor, w: Tensor, bias: Tensor): Tensor | null {
+  const viaGemv = gemvBias(x, w, bias);
+  if (viaGemv) return viaGemv;
+  const K = x.shape.at(-1)!;
+  const M = x.size / Math.max(1, K);
+  const [N, Kw] = w.shape;
+  if (
+    M === 0 || w.shape.length !== 2 || Kw !== K || x.dtype !== "f32" || w.dtype === "i32" ||
+    bias.dtype !== "f32" || bias.size !== N || !vec4Fits(M, N, K, false, true)
+  ) return null;
+  const out = Tensor.empty([...x.shape.slice(0, -1), N]);
+  const params = { M, N, K, batch: 1, sab: 0, sam: K, sak: 1, sbb: 0, sbk: 1, sbn: K };
+  launch(
+    matmulVec4Kernel(false, true, w.dtype as "f32" | "bf16" | "f16", true),
+    { a4: x, b: w, bias, c: out },
+    params,
+    [Math.ceil(N / 64), Math.ceil(M / 64), 1],
   );
   return out;
 }
