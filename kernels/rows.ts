@@ -70,12 +70,14 @@ const EPILOGUES = {
     inputs: { z: "f32" },
     outputs: { out: "f32" },
     perElement: "out[row * v + j] = exp(z[row * v + j] - lse);",
+    perVec4: "out4[row * (v / 4u) + j] = exp(z4[row * (v / 4u) + j] - lse);",
     perRow: "",
   },
   logSoftmax: {
     inputs: { z: "f32" },
     outputs: { out: "f32" },
     perElement: "out[row * v + j] = z[row * v + j] - lse;",
+    perVec4: "out4[row * (v / 4u) + j] = z4[row * (v / 4u) + j] - lse;",
     perRow: "",
   },
   entropy: {
@@ -94,10 +96,28 @@ const EPILOGUES = {
 
 export type RowEpilogue = keyof typeof EPILOGUES;
 
-/** The row kernel for an epilogue: `long` rows one workgroup each, `short` one invocation each. */
-export const rowKernel = memoKernel((epilogue: RowEpilogue, length: "long" | "short") => {
-  const e = EPILOGUES[epilogue];
-  const long = length === "long";
+/** Whether an epilogue writes whole rows, which `rowKernel(..., "long4")` writes as vec4s. */
+export function writesRows(epilogue: RowEpilogue): boolean {
+  return "perVec4" in EPILOGUES[epilogue];
+}
+
+/**
+ * The row kernel for an epilogue: `long` rows one workgroup each, `short` one
+ * invocation each. `long4` is `long` for rows of a multiple of 4 whose
+ * epilogue writes every element: it reads the row again and writes it as
+ * vec4s (z4 and out4 bind the same buffers as z and out), 1.2x faster for a
+ * 64x151936 softmax on lavapipe, the same bits: each element keeps its expression.
+ */
+export const rowKernel = memoKernel((epilogue: RowEpilogue, length: "long" | "long4" | "short") => {
+  const e: {
+    inputs: Record<string, string>;
+    outputs: Record<string, string>;
+    perElement: string;
+    perVec4?: string;
+    perRow: string;
+  } = EPILOGUES[epilogue];
+  const long = length !== "short";
+  const wide = length === "long4" && e.perVec4 !== undefined;
   const stats = long
     ? `let a = row_stats(row, v, lid.x);
   let lse = a.m + log(a.s);
@@ -105,7 +125,9 @@ export const rowKernel = memoKernel((epilogue: RowEpilogue, length: "long" | "sh
     : `let st = stats(row, v);
   let lse = st.lse;
   let ent = st.h;`;
-  const elementLoop = e.perElement
+  const elementLoop = wide
+    ? `for (var j = lid.x; j < v / 4u; j += ${ROW_WG}u) { ${e.perVec4} }`
+    : e.perElement
     ? `for (var j = ${long ? "lid.x" : "0u"}; j < v; j += ${
       long ? ROW_WG : 1
     }u) { ${e.perElement} }`
@@ -114,8 +136,8 @@ export const rowKernel = memoKernel((epilogue: RowEpilogue, length: "long" | "sh
   // bindings depend on the epilogue: named by string
   return declareKernel<string, string, string>({
     label: epilogue,
-    inputs: e.inputs,
-    outputs: e.outputs,
+    inputs: wide ? { ...e.inputs, z4: "vec4<f32>" } : e.inputs,
+    outputs: wide ? { out4: "vec4<f32>" } : e.outputs,
     params: { rows: "u32", v: "u32" },
     grid: long ? "rows" : "elements",
     workgroupSize: [long ? ROW_WG : WG],

@@ -191,15 +191,18 @@ for (const shape of [[3, 17], [1, 130], [2, 3, 5], [4, 1]]) {
     ref: ([x]) => sm.entropy(x),
   });
 }
-// rows wider than SHORT_ROW take the one-workgroup-per-row kernels
+// rows wider than SHORT_ROW take the one-workgroup-per-row kernels (rows written as vec4s when
+// the width is a multiple of 4)
 for (const op of ["softmax", "logSoftmax", "entropy"] as const) {
-  cases.push({
-    name: `${op}() [3, 700] (workgroup per row)`,
-    inputs: [U([3, 700])],
-    gpu: ([x]) => ops[op](x),
-    ref: ([x]) => sm[op](x),
-    fdSamples: 40,
-  });
+  for (const shape of [[3, 700], [2, 701]]) {
+    cases.push({
+      name: `${op}() [${shape}] (workgroup per row)`,
+      inputs: [U(shape)],
+      gpu: ([x]) => ops[op](x),
+      ref: ([x]) => sm[op](x),
+      fdSamples: 40,
+    });
+  }
 }
 cases.push({
   name: "tokenLogProb() [2, 700] (workgroup per row)",

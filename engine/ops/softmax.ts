@@ -10,6 +10,7 @@ import {
   rowKernel,
   SHORT_ROW,
   tokenLogProbBackwardKernel,
+  writesRows,
 } from "../../kernels/rows.ts";
 import { record } from "../autograd.ts";
 import { type Bindable, launch } from "../launch.ts";
@@ -25,6 +26,12 @@ function launchRowOp(
   rows: number,
   v: number,
 ): void {
+  if (v > SHORT_ROW && v % 4 === 0 && writesRows(epilogue)) {
+    // whole rows written as vec4s: z4 and out4 bind the same buffers as z and out
+    const { z, out } = buffers;
+    launch(rowKernel(epilogue, "long4"), { z, z4: z, out4: out }, { rows, v }, rows);
+    return;
+  }
   launch(rowKernel(epilogue, v <= SHORT_ROW ? "short" : "long"), buffers, { rows, v }, rows);
 }
 
