@@ -232,3 +232,21 @@ Deno.test({
     model.dispose();
   },
 });
+
+Deno.test({
+  name:
+    "generate() leaves no GPU memory behind: batch 1 (the fused GEMV path) and batch 5, twice each",
+  ...gpuTest,
+  fn: async () => {
+    const { device } = await import("../engine/device.ts");
+    const demo = await loadModel(new URL("../demo/model", import.meta.url).pathname);
+    const options = { greedy: true, maxNewTokens: 12, eosTokenIds: [] };
+    await generate(demo, [[1, 2, 3]], options); // pipelines compiled, pool warm
+    const live = device().liveBytes;
+    for (const batch of [1, 5, 1, 5]) {
+      await generate(demo, Array.from({ length: batch }, (_, b) => [1 + b, 2, 3]), options);
+      assertEquals(device().liveBytes, live, `live bytes after a batch-${batch} run`);
+    }
+    demo.dispose();
+  },
+});
