@@ -253,7 +253,7 @@ export function weightsPerLoad(bType: WeightType, K: number): 4 | 8 {
 }
 
 /** What a GEMV does with its dot products before storing them. */
-type GemvEpilogue = "none" | "bias" | "siluMul";
+export type GemvEpilogue = "none" | "bias" | "siluMul";
 
 /** The bindings and sizes one GEMV body reads and writes (WGSL names). */
 interface GemvNames {
@@ -445,31 +445,17 @@ export function gemvColumns(epilogue: GemvEpilogue): number {
   return epilogue === "siluMul" ? GEMV_COLUMNS / 2 : GEMV_COLUMNS;
 }
 
-/** The GEMV for weights of `bType`, `perLoad` weights per load (weightsPerLoad). */
-export const gemvKernel = memoKernel((bType: WeightType, rows: 1 | 4, perLoad: 4 | 8) =>
+/**
+ * The GEMV for weights of `bType`, `perLoad` weights per load (weightsPerLoad),
+ * with its epilogue: binds a4, b (and b2 for siluMul, bias for bias) and c.
+ */
+export const gemvKernel = memoKernel((
+  bType: WeightType,
+  rows: 1 | 4,
+  perLoad: 4 | 8,
+  epilogue: GemvEpilogue = "none",
+) =>
   declareKernel(
-    gemvSpec(bType, rows, "none", perLoad) as KernelSpec<"a4" | "b", "c", "M" | "N" | "K">,
-  )
-);
-
-/** The GEMV with a linear layer's bias (N) added in its store: x·Wᵀ + b in one dispatch. */
-export const gemvBiasKernel = memoKernel((bType: WeightType, rows: 1 | 4, perLoad: 4 | 8) =>
-  declareKernel(
-    gemvSpec(bType, rows, "bias", perLoad) as KernelSpec<
-      "a4" | "b" | "bias",
-      "c",
-      "M" | "N" | "K"
-    >,
-  )
-);
-
-/** silu(x·gateᵀ) * (x·upᵀ) in one dispatch: the gated MLP's product when decoding. */
-export const gemvSiluMulKernel = memoKernel((bType: WeightType, rows: 1 | 4, perLoad: 4 | 8) =>
-  declareKernel(
-    gemvSpec(bType, rows, "siluMul", perLoad) as KernelSpec<
-      "a4" | "b" | "b2",
-      "c",
-      "M" | "N" | "K"
-    >,
+    gemvSpec(bType, rows, epilogue, perLoad) as KernelSpec<string, "c", "M" | "N" | "K">,
   )
 );

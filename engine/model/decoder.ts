@@ -456,8 +456,9 @@ export class DecoderLM implements CausalLM {
     };
     const adapters = options.adapters === false ? null : this.#adapters;
     const finalNorm = this.#byName.get(c.names.finalNorm)!.chunks[0];
-    // Decoding (no tape): each residual add and the norm after it are one dispatch, and the
-    // gated MLP's two projections and silu·mul another. The same bits as the taped path.
+    // Inference (no tape) fuses, each the same bits as the taped path: q/k/v projections in one
+    // GEMV, rope with the cache write, each residual add with the norm after it, and the gated
+    // MLP's two projections with silu·mul.
     const fused = !gradEnabled();
     // a layer maps the residual stream x and its input norm h (fused path) to the next pair;
     // `nextNorm` is the norm after the layer's closing residual add

@@ -5,11 +5,9 @@
  * @module
  */
 import {
-  gemvBiasKernel,
   gemvColumns,
   gemvKernel,
   gemvQkvKernel,
-  gemvSiluMulKernel,
   matmulKernel,
   matmulVec4Kernel,
   MM,
@@ -188,7 +186,7 @@ export function gemvBias(x: Tensor, w: Tensor, bias: Tensor): Tensor | null {
   const rows = M === 1 ? 1 : 4;
   const bType = w.dtype as "f32" | "bf16" | "f16";
   launch(
-    gemvBiasKernel(bType, rows, weightsPerLoad(bType, K)),
+    gemvKernel(bType, rows, weightsPerLoad(bType, K), "bias"),
     { a4: x, b: w, bias, c: out },
     { M, N, K },
     Math.ceil(M / rows) * Math.ceil(N / gemvColumns("bias")),
@@ -242,7 +240,7 @@ export function gemvSiluMul(x: Tensor, gate: Tensor, up: Tensor): Tensor | null 
   const rows = M === 1 ? 1 : 4;
   const bType = gate.dtype as "f32" | "bf16" | "f16";
   launch(
-    gemvSiluMulKernel(bType, rows, weightsPerLoad(bType, K)),
+    gemvKernel(bType, rows, weightsPerLoad(bType, K), "siluMul"),
     { a4: x, b: gate, b2: up, c: out },
     { M, N, K },
     Math.ceil(M / rows) * Math.ceil(N / gemvColumns("siluMul")),
