@@ -50,22 +50,23 @@ export { Rng } from "./engine/random.ts";
 export * from "./engine/safetensors.ts";
 export {
   type CausalLM,
-  ConfigError,
-  type DecoderConfig,
-  DecoderLM,
-  decoderParameters,
   type ForwardOptions,
   type GenerationDefaults,
-  KVCache,
-  type LayerNames,
   type Parameter,
   parameterBytes,
-  positionsFromMask,
-  randomModel,
+} from "./engine/model/causal_lm.ts";
+export {
+  ConfigError,
+  type DecoderConfig,
+  decoderParameters,
+  type LayerNames,
   type TensorNames,
-} from "./engine/model/decoder.ts";
+} from "./engine/model/config.ts";
+export { DecoderLM, positionsFromMask } from "./engine/model/decoder.ts";
+export { KVCache } from "./engine/model/kv_cache.ts";
+export { randomModel } from "./engine/model/init.ts";
 /** The type of a loaded Qwen model: the generic decoder's interface. */
-export type { CausalLM as QwenModel } from "./engine/model/decoder.ts";
+export type { CausalLM as QwenModel } from "./engine/model/causal_lm.ts";
 export { parseQwenConfig, QWEN_NAMES, type QwenConfig } from "./engine/model/qwen.ts";
 export {
   type Adapter,

@@ -15,7 +15,7 @@
  */
 import { parseArgs } from "@std/cli";
 import { device, initDevice } from "../engine/device.ts";
-import { randomModel } from "../engine/model/decoder.ts";
+import { randomModel } from "../engine/model/init.ts";
 import { parseQwenConfig } from "../engine/model/qwen.ts";
 import { attentionBias, composedAttention } from "../engine/nn.ts";
 import { attention, mean, randomNormal, sum } from "../engine/ops/mod.ts";

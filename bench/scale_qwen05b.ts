@@ -8,7 +8,8 @@
 import { parseArgs } from "@std/cli";
 import { initDevice } from "../engine/device.ts";
 import { parseQwenConfig } from "../engine/model/qwen.ts";
-import { parameterBytes, randomModel } from "../engine/model/decoder.ts";
+import { parameterBytes } from "../engine/model/causal_lm.ts";
+import { randomModel } from "../engine/model/init.ts";
 import { nonFiniteCounts } from "../engine/ops/mod.ts";
 import { noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";

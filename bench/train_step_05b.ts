@@ -10,7 +10,8 @@
  */
 import { parseArgs } from "@std/cli";
 import { initDevice } from "../engine/device.ts";
-import { type DecoderLM, randomModel } from "../engine/model/decoder.ts";
+import { type DecoderLM } from "../engine/model/decoder.ts";
+import { randomModel } from "../engine/model/init.ts";
 import { LORA_TARGETS, LoraAdapters } from "../engine/model/lora.ts";
 import { parseQwenConfig } from "../engine/model/qwen.ts";
 import { AdamW, clipGradNorm } from "../engine/optim.ts";

@@ -4,7 +4,7 @@
  * model's next-token distributions along the greedy answers.
  * @module
  */
-import type { CausalLM } from "../engine/model/decoder.ts";
+import type { CausalLM } from "../engine/model/causal_lm.ts";
 import { generate, type GenerateOptions } from "../infer/generate.ts";
 import { decodeDemo, DEMO_EOS, DEMO_MAX_NEW_TOKENS, encodeDemo, type Problem } from "./task.ts";
 

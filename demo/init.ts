@@ -10,9 +10,9 @@
 import { parseArgs } from "@std/cli";
 import { initDevice } from "../engine/device.ts";
 import { parseQwenConfig } from "../engine/model/qwen.ts";
-import { randomModel } from "../engine/model/decoder.ts";
+import { randomModel } from "../engine/model/init.ts";
 import { saveModel } from "../engine/model/checkpoint.ts";
-import { atomicWrite } from "../engine/safetensors.ts";
+import { atomicWrite } from "../engine/atomic.ts";
 import { DEMO_CHARS, DEMO_EOS, demoConfig } from "./task.ts";
 
 /** tokenizer.json of the demo: one token per character, eos <|endoftext|>. */

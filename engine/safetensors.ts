@@ -1,16 +1,14 @@
 /**
- * safetensors reader and writer (the format: an 8-byte little-endian header
- * length, a JSON header, then raw little-endian data).
+ * The safetensors file format, reader and writer (an 8-byte little-endian
+ * header length, a JSON header, then raw little-endian data), with no GPU.
  *
  * Reading opens the file and loads the header only; each tensor is read by
  * name with a seek, so a multi-GB checkpoint is never held in JS memory at
- * once. Sharded checkpoints are read through model.safetensors.index.json.
- * Writing goes to a temporary file that is renamed into place.
+ * once. Writing goes to a temporary file that is renamed into place.
  * @module
  */
 import { atomicWrite } from "./atomic.ts";
-import { device } from "./device.ts";
-import { type DType, DTYPE_BYTES, f16ToF32, Tensor } from "./tensor.ts";
+import { f16ToF32 } from "./half.ts";
 
 /** Thrown for a malformed or unreadable safetensors file; the message names the file. */
 export class SafetensorsError extends Error {
@@ -19,8 +17,6 @@ export class SafetensorsError extends Error {
     this.name = "SafetensorsError";
   }
 }
-
-export { atomicWrite };
 
 /** Element sizes of the safetensors dtypes. */
 export const SAFETENSORS_DTYPE_BYTES = {
@@ -315,102 +311,6 @@ async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
   while (done < bytes.length) done += await file.write(bytes.subarray(done));
 }
 
-/** A checkpoint directory: model.safetensors, or shards listed in model.safetensors.index.json. */
-export class Checkpoint {
-  readonly dir: string;
-  #files: SafetensorsFile[];
-  #where = new Map<string, SafetensorsFile>();
-
-  private constructor(dir: string, files: SafetensorsFile[]) {
-    this.dir = dir;
-    this.#files = files;
-    for (const f of files) for (const n of f.names) this.#where.set(n, f);
-  }
-
-  /** Opens a checkpoint directory (or a single .safetensors file). */
-  static async open(dirOrFile: string): Promise<Checkpoint> {
-    if (dirOrFile.endsWith(".safetensors")) {
-      return new Checkpoint(dirOrFile, [await SafetensorsFile.open(dirOrFile)]);
-    }
-    const index = `${dirOrFile}/model.safetensors.index.json`;
-    let indexText: string | null = null;
-    try {
-      indexText = await Deno.readTextFile(index);
-    } catch { /* not sharded */ }
-    if (indexText === null) {
-      return new Checkpoint(dirOrFile, [
-        await SafetensorsFile.open(`${dirOrFile}/model.safetensors`),
-      ]);
-    }
-    let map: Record<string, string>;
-    try {
-      map = JSON.parse(indexText).weight_map;
-    } catch (e) {
-      throw new SafetensorsError(index, `is not valid JSON (${(e as Error).message})`);
-    }
-    if (!map || typeof map !== "object") {
-      throw new SafetensorsError(index, "has no weight_map object");
-    }
-    const shards = [...new Set(Object.values(map))];
-    for (const s of shards) {
-      // shard names are file names inside the checkpoint directory, nothing else
-      if (
-        typeof s !== "string" || s === "" || s.startsWith("/") || /(^|[\\/])\.\.([\\/]|$)/.test(s)
-      ) {
-        throw new SafetensorsError(
-          index,
-          `weight_map points to ${JSON.stringify(s)}, outside the checkpoint directory`,
-        );
-      }
-    }
-    const files: SafetensorsFile[] = [];
-    try {
-      for (const s of shards) files.push(await SafetensorsFile.open(`${dirOrFile}/${s}`));
-    } catch (e) {
-      files.forEach((f) => f.close());
-      throw e;
-    }
-    const ckpt = new Checkpoint(dirOrFile, files);
-    for (const [name, shard] of Object.entries(map)) {
-      if (ckpt.#where.get(name)?.path !== `${dirOrFile}/${shard}`) {
-        ckpt.close();
-        throw new SafetensorsError(
-          index,
-          `weight_map lists "${name}" in ${shard}, which does not hold it`,
-        );
-      }
-    }
-    return ckpt;
-  }
-
-  get names(): string[] {
-    return [...this.#where.keys()];
-  }
-
-  has(name: string): boolean {
-    return this.#where.has(name);
-  }
-
-  entry(name: string): TensorEntry | undefined {
-    return this.#where.get(name)?.entries.get(name);
-  }
-
-  /** The file that holds `name`. */
-  fileOf(name: string): string | undefined {
-    return this.#where.get(name)?.path;
-  }
-
-  async read(name: string): Promise<RawTensor> {
-    const f = this.#where.get(name);
-    if (!f) throw new SafetensorsError(this.dir, `no tensor named "${name}" in the checkpoint`);
-    return await f.read(name);
-  }
-
-  close(): void {
-    this.#files.forEach((f) => f.close());
-  }
-}
-
 /** Decodes raw tensor bytes to float32 values (F32, F16, BF16, F64, I32, I64, U8, I8, I16, U16, U32, BOOL). */
 export function toFloat32(t: RawTensor): Float32Array {
   const n = t.shape.reduce((a, b) => a * b, 1);
@@ -471,32 +371,4 @@ export function toInt32(t: RawTensor): Int32Array {
   }
   if (t.dtype === "I32") return Int32Array.from({ length: n }, (_, i) => dv.getInt32(i * 4, true));
   return Int32Array.from(toFloat32(t));
-}
-
-const TO_TENSOR_DTYPE: Partial<Record<SafetensorsDType, DType>> = {
-  F32: "f32",
-  BF16: "bf16",
-  F16: "f16",
-  I32: "i32",
-};
-
-/** Uploads a raw tensor to the GPU keeping its precision (F32, BF16, F16, I32; I64 becomes i32). */
-export function tensorFromRaw(raw: RawTensor, name = "tensor"): Tensor {
-  if (raw.dtype === "I64") return Tensor.from(toInt32(raw), raw.shape, { dtype: "i32" });
-  const dtype = TO_TENSOR_DTYPE[raw.dtype];
-  if (!dtype) throw new Error(`${name}: dtype ${raw.dtype} cannot be loaded as a tensor`);
-  return Tensor.fromBytes(raw.data, raw.shape, dtype);
-}
-
-const FROM_TENSOR_DTYPE: Record<DType, SafetensorsDType> = {
-  f32: "F32",
-  bf16: "BF16",
-  f16: "F16",
-  i32: "I32",
-};
-
-/** Reads a tensor back as raw bytes in its own precision, ready for writeSafetensors. */
-export async function tensorToRaw(t: Tensor): Promise<RawTensor> {
-  const bytes = new Uint8Array(await device().read(t.buffer, t.size * DTYPE_BYTES[t.dtype]));
-  return { dtype: FROM_TENSOR_DTYPE[t.dtype], shape: [...t.shape], data: bytes };
 }

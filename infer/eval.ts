@@ -4,7 +4,7 @@
  * report accuracy with its cost (time, tokens) side by side.
  * @module
  */
-import type { CausalLM } from "../engine/model/decoder.ts";
+import type { CausalLM } from "../engine/model/causal_lm.ts";
 import { type AnswerFormat, answersMatch, extractAnswer } from "./answer.ts";
 import {
   type AdaptiveTemperatureOptions,

@@ -5,7 +5,7 @@
  * @module
  */
 import { device } from "../engine/device.ts";
-import type { CausalLM } from "../engine/model/decoder.ts";
+import type { CausalLM } from "../engine/model/causal_lm.ts";
 import { entropy, reshape, slice } from "../engine/ops/mod.ts";
 import { Rng } from "../engine/random.ts";
 import { keep, noGrad, tidy } from "../engine/scope.ts";

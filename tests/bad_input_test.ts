@@ -6,12 +6,8 @@ import { recoverDirectory } from "../engine/atomic.ts";
 import { loadModel, saveModel } from "../engine/model/checkpoint.ts";
 import { loadTokenizer } from "../engine/model/tokenizer.ts";
 import { embedding, nonFiniteCounts, nonFiniteCountsReference } from "../engine/ops/mod.ts";
-import {
-  Checkpoint,
-  readSafetensors,
-  SafetensorsFile,
-  writeSafetensors,
-} from "../engine/safetensors.ts";
+import { Checkpoint } from "../engine/model/shards.ts";
+import { readSafetensors, SafetensorsFile, writeSafetensors } from "../engine/safetensors.ts";
 import { noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { generate, NonFiniteLogitsError } from "../infer/generate.ts";

@@ -1,8 +1,8 @@
 /** Loading errors, config variants, the tokenizer fixtures and the generate CLI. */
-import { ConfigError } from "../engine/model/decoder.ts";
+import { ConfigError } from "../engine/model/config.ts";
 import { parseQwenConfig } from "../engine/model/qwen.ts";
 import { loadModel, saveModel } from "../engine/model/checkpoint.ts";
-import { randomModel } from "../engine/model/decoder.ts";
+import { randomModel } from "../engine/model/init.ts";
 import { loadTokenizer } from "../engine/model/tokenizer.ts";
 import { randomNormal } from "../engine/ops/mod.ts";
 import { readSafetensors, writeSafetensors } from "../engine/safetensors.ts";

@@ -1,6 +1,6 @@
 /** Parity with Hugging Face transformers on the fixtures (tests/fixtures/PROVENANCE.md). */
 import { loadModel, saveModel } from "../engine/model/checkpoint.ts";
-import type { CausalLM } from "../engine/model/decoder.ts";
+import type { CausalLM } from "../engine/model/causal_lm.ts";
 import { type RawTensor, readSafetensors, toFloat32, toInt32 } from "../engine/safetensors.ts";
 import { noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";

@@ -9,7 +9,9 @@ import { is, numberFlag, parseArgs, type ParsedArgs } from "@std/cli";
 import { recoverDirectory } from "../engine/atomic.ts";
 import { initDeviceOrExplain } from "../engine/device.ts";
 import { loadModel, readConfig, saveModel } from "../engine/model/checkpoint.ts";
-import type { CausalLM, DecoderConfig, DecoderLM } from "../engine/model/decoder.ts";
+import type { CausalLM } from "../engine/model/causal_lm.ts";
+import type { DecoderConfig } from "../engine/model/config.ts";
+import type { DecoderLM } from "../engine/model/decoder.ts";
 import { estimateTraining, type MemoryEstimate, parameterCount } from "./memory.ts";
 import { LORA_TARGETS, LoraAdapters, parseLoraTargets } from "../engine/model/lora.ts";
 import {

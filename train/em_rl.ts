@@ -7,7 +7,7 @@
  * then PPO's clipped objective with a k3 KL to the reference, token-mean.
  * @module
  */
-import type { CausalLM } from "../engine/model/decoder.ts";
+import type { CausalLM } from "../engine/model/causal_lm.ts";
 import {
   abs,
   add,

@@ -8,7 +8,7 @@
  * @module
  */
 import { sizeClass } from "../engine/device.ts";
-import type { DecoderConfig } from "../engine/model/decoder.ts";
+import type { DecoderConfig } from "../engine/model/config.ts";
 import type { LoraTarget } from "../engine/model/lora.ts";
 
 export interface MemoryPlan {

@@ -5,7 +5,7 @@
  * reference log-probs), and the loss at each scored position.
  * @module
  */
-import type { CausalLM } from "../engine/model/decoder.ts";
+import type { CausalLM } from "../engine/model/causal_lm.ts";
 import type { Rng } from "../engine/random.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { generate, leftPad } from "../infer/generate.ts";

@@ -17,18 +17,16 @@ import {
   tempDirectoryBeside,
 } from "../engine/atomic.ts";
 import { loadModel, saveModel } from "../engine/model/checkpoint.ts";
-import { type CausalLM, type DecoderLM, frozenCopy } from "../engine/model/decoder.ts";
+import { type CausalLM } from "../engine/model/causal_lm.ts";
+import { type DecoderLM } from "../engine/model/decoder.ts";
+import { frozenCopy } from "../engine/model/init.ts";
 import type { LoraTarget } from "../engine/model/lora.ts";
 import { concat, entropy, mulScalar, sum } from "../engine/ops/mod.ts";
 import { device } from "../engine/device.ts";
 import { AdamW, clipGradNorm } from "../engine/optim.ts";
 import { Rng } from "../engine/random.ts";
-import {
-  readSafetensors,
-  tensorFromRaw,
-  tensorToRaw,
-  writeSafetensors,
-} from "../engine/safetensors.ts";
+import { readSafetensors, writeSafetensors } from "../engine/safetensors.ts";
+import { tensorFromRaw, tensorToRaw } from "../engine/tensor_io.ts";
 import { keep, noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { NonFiniteLogitsError } from "../infer/generate.ts";

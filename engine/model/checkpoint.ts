@@ -9,27 +9,15 @@
 import { recoverDirectory, replaceDirectory, tempDirectoryBeside } from "../atomic.ts";
 import { device, initDevice } from "../device.ts";
 import { cast, nonFiniteCounts } from "../ops/mod.ts";
-import {
-  atomicWrite,
-  Checkpoint,
-  type RawTensor,
-  tensorFromRaw,
-  tensorToRaw,
-  toFloat32,
-  writeSafetensors,
-} from "../safetensors.ts";
+import { atomicWrite } from "../atomic.ts";
+import { Checkpoint } from "./shards.ts";
+import { type RawTensor, toFloat32, writeSafetensors } from "../safetensors.ts";
+import { tensorFromRaw, tensorToRaw } from "../tensor_io.ts";
 import { keep } from "../scope.ts";
 import { f32ToBf16, f32ToF16, numel, type Tensor } from "../tensor.ts";
-import {
-  type CausalLM,
-  ConfigError,
-  type DecoderConfig,
-  DecoderLM,
-  decoderParameters,
-  type GenerationDefaults,
-  type Parameter,
-  tokenIdList,
-} from "./decoder.ts";
+import { type CausalLM, type GenerationDefaults, type Parameter } from "./causal_lm.ts";
+import { ConfigError, type DecoderConfig, decoderParameters, tokenIdList } from "./config.ts";
+import { DecoderLM } from "./decoder.ts";
 import { isQwenConfig, parseQwenConfig } from "./qwen.ts";
 import type { Adapter } from "./lora.ts";
 import { loadTokenizer, type QwenTokenizer } from "./tokenizer.ts";

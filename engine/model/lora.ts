@@ -9,14 +9,15 @@
  */
 import { add, matmul, mulScalar } from "../ops/mod.ts";
 import { atomicWrite } from "../atomic.ts";
-import { readSafetensors, tensorFromRaw, tensorToRaw, writeSafetensors } from "../safetensors.ts";
+import { readSafetensors, writeSafetensors } from "../safetensors.ts";
+import { tensorFromRaw, tensorToRaw } from "../tensor_io.ts";
 import { keep } from "../scope.ts";
 import { Tensor } from "../tensor.ts";
-import type { DecoderConfig, LayerNames } from "./decoder.ts";
+import { type DecoderConfig, LINEAR_LAYERS, type LinearName, linearShapes } from "./config.ts";
 
 /** The linear layers LoRA can adapt, by their short names. */
-export const LORA_TARGETS = ["q", "k", "v", "o", "gate", "up", "down"] as const;
-export type LoraTarget = typeof LORA_TARGETS[number];
+export const LORA_TARGETS = LINEAR_LAYERS;
+export type LoraTarget = LinearName;
 
 export interface LoraOptions {
   rank: number;
@@ -71,13 +72,13 @@ export class LoraAdapters {
     for (let i = 0; i < config.numLayers; i++) {
       const names = config.names.layer(i);
       for (const t of targets) {
-        const [out, inF] = linearShape(config, t);
+        const [out, inF] = linearShapes(config)[t];
         const bound = 1 / Math.sqrt(inF);
         const A = keep(Tensor.rand([rank, inF], { seed: seed++, low: -bound, high: bound }));
         const B = keep(Tensor.zeros([out, rank]));
         A.requiresGrad = true;
         B.requiresGrad = true;
-        map.set(names[t as keyof LayerNames] as string, { A, B, scale: alpha / rank });
+        map.set(names[t], { A, B, scale: alpha / rank });
       }
     }
     return new LoraAdapters(options, map);
@@ -144,12 +145,12 @@ export class LoraAdapters {
     for (let i = 0; i < config.numLayers; i++) {
       const names = config.names.layer(i);
       for (const t of LORA_TARGETS) {
-        const weight = names[t as keyof LayerNames] as string;
+        const weight = names[t];
         const prefix = `base_model.model.${modulePath(weight)}`;
         const a = tensors.get(`${prefix}.lora_A.weight`);
         const b = tensors.get(`${prefix}.lora_B.weight`);
         if (!a || !b) continue;
-        const [out, inF] = linearShape(config, t);
+        const [out, inF] = linearShapes(config)[t];
         if (a.shape.join() !== [rank, inF].join() || b.shape.join() !== [out, rank].join()) {
           throw new Error(
             `${dir}/adapter_model.safetensors: ${prefix} has A [${a.shape}] and B [${b.shape}], expected [${rank},${inF}] and [${out},${rank}]`,
@@ -170,26 +171,6 @@ export class LoraAdapters {
 
   dispose(): void {
     this.tensors().forEach((t) => t.dispose());
-  }
-}
-
-/** (out, in) of a target linear layer. */
-function linearShape(c: DecoderConfig, t: LoraTarget): [number, number] {
-  const q = c.numHeads * c.headDim;
-  const kv = c.numKvHeads * c.headDim;
-  switch (t) {
-    case "q":
-      return [q, c.hiddenSize];
-    case "k":
-    case "v":
-      return [kv, c.hiddenSize];
-    case "o":
-      return [c.hiddenSize, q];
-    case "gate":
-    case "up":
-      return [c.intermediateSize, c.hiddenSize];
-    case "down":
-      return [c.hiddenSize, c.intermediateSize];
   }
 }
 

@@ -6,7 +6,7 @@
  * checkpoint.ts.
  * @module
  */
-import { ConfigError, type DecoderConfig, type TensorNames, tokenIdList } from "./decoder.ts";
+import { ConfigError, type DecoderConfig, type TensorNames, tokenIdList } from "./config.ts";
 
 export { ConfigError };
 
