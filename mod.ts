@@ -100,7 +100,7 @@ export {
   type SamplingOptions,
 } from "./infer/sampling.ts";
 export { emFtObjective, type Reduce, responseMask, tokenEntropyLoss } from "./train/em_ft.ts";
-export { crossEntropyLoss, sftObjective } from "./train/sft.ts";
+export { sftObjective } from "./train/sft.ts";
 export {
   advantages,
   emRlObjective,

@@ -6,7 +6,7 @@ import { declareKernel, memoKernel } from "./declare.ts";
  * out[t, c] = W[ids[t] - offset, c] for ids in [offset, offset + V), else 0
  * (so a table split into row chunks is the sum of its chunks' lookups).
  * Ids outside [0, vocab) are reported in err (Device.errorBuffer: count, id,
- * vocab) by the offset-0 chunk. W is f32, or bf16/f16 packed in u32.
+ * vocab; engine/ops/embedding.ts reads them) by the offset-0 chunk. W is f32, or bf16/f16 packed in u32.
  */
 export const embeddingKernel = memoKernel((dtype: "f32" | "bf16" | "f16") => {
   const load = dtype === "f32" ? "w[j]" : `unpack_half(w[j / 2u], j & 1u)`;

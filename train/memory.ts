@@ -7,7 +7,7 @@
  * fused attention keeps O(T) per layer: its output and one log-sum-exp per row.
  * @module
  */
-import { sizeClass } from "../engine/device.ts";
+import { sizeClass } from "../engine/buffer_pool.ts";
 import type { DecoderConfig } from "../engine/model/config.ts";
 import type { LoraTarget } from "../engine/model/lora.ts";
 

@@ -10,10 +10,6 @@ export interface NDArray {
   data: Float64Array;
 }
 
-export function nd(shape: readonly number[], data: ArrayLike<number>): NDArray {
-  return { shape: [...shape], data: Float64Array.from(data) };
-}
-
 /** Elementwise map with broadcasting over any number of inputs. */
 export function mapN(inputs: NDArray[], f: (...v: number[]) => number): NDArray {
   const shape = inputs.map((x) => x.shape).reduce((a, b) => broadcastShapes(a, b));

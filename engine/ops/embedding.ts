@@ -1,11 +1,19 @@
 /** Embedding lookup: weight (V, C), ids (...) i32 -> (..., C). @module */
 import { embeddingBackwardKernel, embeddingKernel } from "../../kernels/embedding.ts";
-import { device } from "../device.ts";
+import { device, type KernelErrorReader } from "../device.ts";
 import { record } from "../autograd.ts";
 import { Tensor } from "../tensor.ts";
 import { launch } from "../launch.ts";
 import type { NDArray } from "./_reference.ts";
 import { fill } from "./fill.ts";
+
+/** The embedding kernel's error words: how many ids were outside [0, vocab), one of them, vocab. */
+const readBadIds: KernelErrorReader = ([n, id, vocab]) =>
+  n === 0
+    ? null
+    : `embedding: ${n} token id${n === 1 ? "" : "s"} outside the vocabulary [0, ${vocab}) ${
+      n === 1 ? "was" : "were"
+    } looked up (e.g. ${id}); ids must come from the model's own tokenizer`;
 
 /**
  * Rows of `weight` picked by `ids`. With `offset`, weight holds rows
@@ -22,6 +30,7 @@ export function embedding(weight: Tensor, ids: Tensor, offset = 0, vocab?: numbe
   if (weight.dtype === "i32") throw new Error("embedding: weight must be a float tensor");
   const [V, C] = weight.shape;
   const out = Tensor.empty([...ids.shape, C]);
+  device().readErrorsWith(readBadIds);
   launch(
     embeddingKernel(weight.dtype),
     {

@@ -4,15 +4,8 @@
  * or 2-D and shared by every batch. out: (..., M, N).
  * @module
  */
-import {
-  gemvColumns,
-  gemvKernel,
-  gemvQkvKernel,
-  matmulKernel,
-  matmulVec4Kernel,
-  MM,
-  weightsPerLoad,
-} from "../../kernels/matmul.ts";
+import { gemvColumns, gemvKernel, gemvQkvKernel, weightsPerLoad } from "../../kernels/gemv.ts";
+import { matmulKernel, matmulVec4Kernel, MM } from "../../kernels/matmul.ts";
 import { record } from "../autograd.ts";
 import { launch } from "../launch.ts";
 import { numel, Tensor } from "../tensor.ts";
@@ -90,7 +83,6 @@ function launchMatmul(
   bBatch: number,
   transA: boolean,
   transB: boolean,
-  bBatchStride?: number,
 ): void {
   const sa = transA ? [1, M] : [K, 1]; // (m, k) strides
   const sb = transB ? [1, K] : [N, 1]; // (k, n) strides
@@ -102,7 +94,7 @@ function launchMatmul(
     sab: aBatch === 1 ? 0 : M * K,
     sam: sa[0],
     sak: sa[1],
-    sbb: bBatchStride ?? (bBatch === 1 ? 0 : K * N),
+    sbb: bBatch === 1 ? 0 : K * N,
     sbk: sb[0],
     sbn: sb[1],
   };
@@ -134,34 +126,6 @@ function launchMatmul(
     Math.ceil(M / (tm * wy)),
     batch,
   ]);
-}
-
-/**
- * a (batch, M, K) · b or bᵀ, where b's batches start every `bBatchStride`
- * elements of its buffer and hold (K, N), or (N, K) with transB, rows
- * contiguous: a KV cache (B, Hkv, maxLength, D) read in place, its first N
- * (or K) positions. No tape (inference). -> (batch, M, N).
- */
-export function matmulStridedB(
-  a: Tensor,
-  b: Tensor,
-  options: { N: number; transB: boolean; bBatchStride: number },
-): Tensor {
-  const [batch, M, K] = a.shape;
-  const { N, transB, bBatchStride } = options;
-  const rows = transB ? N : K;
-  const cols = transB ? K : N;
-  const lastRow = (batch - 1) * bBatchStride + rows * cols;
-  if (a.shape.length !== 3 || lastRow > b.size) {
-    throw new Error(
-      `matmulStridedB: a must be (batch, M, K) and b hold ${batch} batches of [${rows}, ${cols}] every ${bBatchStride}`,
-    );
-  }
-  const out = Tensor.empty([batch, M, N]);
-  if (out.size > 0) {
-    launchMatmul(a, b, out, M, N, K, batch, batch, batch, false, transB, bBatchStride);
-  }
-  return out;
 }
 
 /** M when x (..., K) and W (N, K) take the GEMV (at most GEMV_MAX_ROWS rows, K % 4 == 0), else 0. */
