@@ -48,6 +48,8 @@ export * from "./engine/ops/mod.ts";
 export { AdamW, type AdamWOptions, clipGradNorm } from "./engine/optim.ts";
 export { Rng } from "./engine/random.ts";
 export * from "./engine/safetensors.ts";
+export { tensorFromRaw, tensorToRaw } from "./engine/tensor_io.ts";
+export { Checkpoint } from "./engine/model/shards.ts";
 export {
   type CausalLM,
   type ForwardOptions,
@@ -60,11 +62,15 @@ export {
   type DecoderConfig,
   decoderParameters,
   type LayerNames,
+  LINEAR_LAYERS,
+  type LinearName,
+  linearShapes,
+  parameterCount,
   type TensorNames,
 } from "./engine/model/config.ts";
 export { DecoderLM, positionsFromMask } from "./engine/model/decoder.ts";
 export { KVCache } from "./engine/model/kv_cache.ts";
-export { randomModel } from "./engine/model/init.ts";
+export { frozenCopy, randomModel } from "./engine/model/init.ts";
 /** The type of a loaded Qwen model: the generic decoder's interface. */
 export type { CausalLM as QwenModel } from "./engine/model/causal_lm.ts";
 export { parseQwenConfig, QWEN_NAMES, type QwenConfig } from "./engine/model/qwen.ts";
@@ -99,53 +105,53 @@ export {
   sampleTokens,
   type SamplingOptions,
 } from "./infer/sampling.ts";
-export { emFtObjective, type Reduce, responseMask, tokenEntropyLoss } from "./train/em_ft.ts";
-export { sftObjective } from "./train/sft.ts";
 export {
-  advantages,
+  emFt,
+  emFtObjective,
+  type EmFtOptions,
+  type Reduce,
+  responseMask,
+  tokenEntropyLoss,
+} from "./train/em_ft.ts";
+export { sft, sftObjective } from "./train/sft.ts";
+export { advantages, type Estimator, ESTIMATORS, type EstimatorSpec } from "./train/estimators.ts";
+export {
+  emRl,
   emRlObjective,
   type EmRlOptions,
-  type Estimator,
   klK3,
   ppoClipLoss,
   scorePositions,
 } from "./train/em_rl.ts";
 export {
   answerOf,
-  majorityAnswer,
-  type Reward,
   type RewardName,
   type RewardReduce,
   REWARDS,
+  type RewardSpec,
   type Rollout,
 } from "./train/rewards.ts";
-export type {
-  BatchContext,
-  Objective,
-  PositionInputs,
-  PositionLoss,
-  StepBatch,
-} from "./train/objective.ts";
+export { type MethodName, METHODS } from "./train/methods.ts";
 export {
-  accumulateGradients,
-  DEFAULTS as TRAIN_DEFAULTS,
-  DivergedError,
-  learningRate,
-  objectiveFor,
+  type BatchContext,
+  type Method,
+  type Objective,
+  type ObjectiveSetup,
   packSequences,
+  type PositionInputs,
+  type PositionLoss,
+  type StepBatch,
+} from "./train/objective.ts";
+export { accumulateGradients } from "./train/accumulate.ts";
+export { DEFAULTS as TRAIN_DEFAULTS, learningRate, type TrainOptions } from "./train/options.ts";
+export {
+  DivergedError,
   type StepMetrics,
   train,
   type TrainHooks,
-  type TrainOptions,
   type TrainResult,
 } from "./train/trainer.ts";
-export {
-  DemoSource,
-  type Example,
-  type ExampleSource,
-  readJsonl,
-  ShuffledSource,
-} from "./train/data.ts";
+export { type Example, type ExampleSource, readJsonl, ShuffledSource } from "./train/data.ts";
 export {
   EM_INF_DEFAULTS,
   emInfAdjust,
@@ -159,8 +165,8 @@ export {
   type AdaptiveTemperatureOptions,
   adaptiveTemperatureProcessor,
   adaptiveTemperatureReference,
-  majorityVote,
 } from "./infer/baselines.ts";
+export { majorityVote } from "./infer/answer.ts";
 export {
   answersMatch,
   extractAnswer,

@@ -12,7 +12,7 @@
 import { parseArgs } from "@std/cli";
 import { initDevice } from "../engine/device.ts";
 import { loadModel } from "../engine/model/checkpoint.ts";
-import { type CausalLM } from "../engine/model/causal_lm.ts";
+import type { CausalLM } from "../engine/model/causal_lm.ts";
 import { randomModel } from "../engine/model/init.ts";
 import { parseQwenConfig } from "../engine/model/qwen.ts";
 import { matmul, randomNormal } from "../engine/ops/mod.ts";

@@ -10,14 +10,14 @@
  */
 import { parseArgs } from "@std/cli";
 import { initDevice } from "../engine/device.ts";
-import { type DecoderLM } from "../engine/model/decoder.ts";
+import type { DecoderLM } from "../engine/model/decoder.ts";
 import { randomModel } from "../engine/model/init.ts";
 import { LORA_TARGETS, LoraAdapters } from "../engine/model/lora.ts";
 import { parseQwenConfig } from "../engine/model/qwen.ts";
 import { AdamW, clipGradNorm } from "../engine/optim.ts";
 import { emFtObjective } from "../train/em_ft.ts";
 import { packSequences, scoredBatch } from "../train/objective.ts";
-import { accumulateGradients } from "../train/trainer.ts";
+import { accumulateGradients } from "../train/accumulate.ts";
 import { QWEN25_05B } from "./_qwen05b.ts";
 
 const flags = parseArgs(Deno.args, { string: ["tokens", "only"] });

@@ -11,6 +11,8 @@ import { elementwise } from "./ops/_raw.ts";
 import { sumSquares } from "./ops/reduce.ts";
 import { concat } from "./ops/shape.ts";
 import { sum } from "./ops/reduce.ts";
+import { readSafetensors, type TensorToWrite, writeSafetensors } from "./safetensors.ts";
+import { tensorFromRaw, tensorToRaw } from "./tensor_io.ts";
 
 export interface AdamWOptions {
   lr?: number;
@@ -29,6 +31,7 @@ export class AdamW {
   eps: number;
   weightDecay: number;
   step = 0;
+  /** First and second moments, one per parameter. */
   readonly m: Tensor[];
   readonly v: Tensor[];
 
@@ -74,6 +77,62 @@ export class AdamW {
       p.grad?.dispose();
       p.grad = null;
     }
+  }
+
+  /** Writes the moments m.i and v.i (parameter order) and the step count to a safetensors file. */
+  async save(path: string): Promise<void> {
+    const state: Record<string, TensorToWrite> = {};
+    for (let i = 0; i < this.params.length; i++) {
+      for (const [kind, t] of [["m", this.m[i]], ["v", this.v[i]]] as const) {
+        const raw = await tensorToRaw(t);
+        state[`${kind}.${i}`] = { dtype: "F32", shape: raw.shape, data: raw.data };
+      }
+    }
+    await writeSafetensors(path, state, { step: String(this.step) });
+  }
+
+  /**
+   * Restores what `save` wrote. The file must hold one m and v per parameter,
+   * each of its parameter's shape: state saved for other parameters (another
+   * model, a LoRA rank or target list) is refused naming the first mismatch.
+   * `step` stands in for files written without the step count.
+   */
+  async load(path: string, step?: number): Promise<void> {
+    const { tensors, metadata } = await readSafetensors(path);
+    const held = tensors.size / 2;
+    if (held !== this.params.length) {
+      throw new Error(
+        `${path}: optimizer state for ${held} parameter tensors, but this run trains ${this.params.length}: it was saved by a run of another model or LoRA setting`,
+      );
+    }
+    const loaded: Tensor[] = [];
+    try {
+      this.params.forEach((p, i) => {
+        for (const kind of ["m", "v"]) {
+          const raw = tensors.get(`${kind}.${i}`);
+          if (!raw) throw new Error(`${path}: missing ${kind}.${i}`);
+          if (raw.dtype !== "F32" || raw.shape.join() !== p.shape.join()) {
+            throw new Error(
+              `${path}: ${kind}.${i} is ${raw.dtype} [${raw.shape}], but parameter ${i} is F32 [${p.shape}]: it was saved by a run of another model or LoRA setting`,
+            );
+          }
+          loaded.push(keep(tensorFromRaw(raw)));
+        }
+      });
+    } catch (e) {
+      loaded.forEach((t) => t.dispose());
+      throw e;
+    }
+    this.dispose();
+    this.params.forEach((_, i) => {
+      this.m[i] = loaded[2 * i];
+      this.v[i] = loaded[2 * i + 1];
+    });
+    const saved = metadata.step === undefined ? step : Number(metadata.step);
+    if (saved === undefined || !Number.isInteger(saved) || saved < 0) {
+      throw new Error(`${path}: no valid step count (metadata "step")`);
+    }
+    this.step = saved;
   }
 
   dispose(): void {

@@ -98,3 +98,24 @@ export function extractAnswer(response: string, format: AnswerFormat): string | 
   const numbers = response.match(/-?\d+(?:\.\d+)?(?:\/\d+)?/g);
   return numbers ? normalizeAnswer(numbers.at(-1)!) : null;
 }
+
+/**
+ * The most frequent answer, or null when none has one (null answers do not
+ * vote). Ties go to the answer seen first, as Python's
+ * `Counter(answers).most_common(1)` breaks them (TTRL's majority reward):
+ * ["1", "2", "2", "1"] -> "1". EM-RL's majority reward and self-consistency
+ * both vote through this function.
+ */
+export function majorityVote(answers: (string | null)[]): string | null {
+  const counts = new Map<string, number>(); // insertion order: first seen first
+  for (const a of answers) if (a !== null) counts.set(a, (counts.get(a) ?? 0) + 1);
+  let best: string | null = null;
+  let n = 0;
+  for (const [a, c] of counts) {
+    if (c > n) {
+      best = a;
+      n = c;
+    }
+  }
+  return best;
+}

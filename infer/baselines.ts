@@ -1,6 +1,6 @@
 /**
- * Inference baselines beside EM-INF (EM_SPEC.md): adaptive temperature on the
- * GPU, and self-consistency (majority vote over sampled answers).
+ * The adaptive-temperature baseline beside EM-INF (EM_SPEC.md), on the GPU.
+ * Self-consistency is a majority vote (answer.ts) over sampled answers.
  * @module
  */
 import { adaptiveTemperatureKernel } from "../kernels/adaptive_temperature.ts";
@@ -77,19 +77,4 @@ export function adaptiveTemperatureReference(
     else hi = mid;
   }
   return lo;
-}
-
-/** The most frequent answer (ties: the one seen first); null answers do not vote. */
-export function majorityVote(answers: (string | null)[]): string | null {
-  const counts = new Map<string, number>();
-  for (const a of answers) if (a !== null) counts.set(a, (counts.get(a) ?? 0) + 1);
-  let best: string | null = null;
-  let n = 0;
-  for (const [a, c] of counts) {
-    if (c > n) {
-      best = a;
-      n = c;
-    }
-  }
-  return best;
 }

@@ -5,12 +5,8 @@
  * @module
  */
 import type { CausalLM } from "../engine/model/causal_lm.ts";
-import { type AnswerFormat, answersMatch, extractAnswer } from "./answer.ts";
-import {
-  type AdaptiveTemperatureOptions,
-  adaptiveTemperatureProcessor,
-  majorityVote,
-} from "./baselines.ts";
+import { type AnswerFormat, answersMatch, extractAnswer, majorityVote } from "./answer.ts";
+import { type AdaptiveTemperatureOptions, adaptiveTemperatureProcessor } from "./baselines.ts";
 import { type EmInfOptions, emInfProcessor } from "./em_inf.ts";
 import { generate, type GenerateOptions } from "./generate.ts";
 

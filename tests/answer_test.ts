@@ -5,7 +5,7 @@ import {
   normalizeAnswer,
   numericValue,
 } from "../infer/answer.ts";
-import { majorityVote } from "../infer/baselines.ts";
+import { majorityVote } from "../infer/answer.ts";
 import { assertEquals } from "@std/assert";
 
 Deno.test("lastBoxed() takes the last box with balanced braces", () => {
@@ -71,4 +71,7 @@ Deno.test("extractAnswer() boxed and raw formats; majorityVote() ignores missing
   assertEquals(majorityVote(["3", null, "4", "3", null]), "3");
   assertEquals(majorityVote(["5", "6"]), "5");
   assertEquals(majorityVote([null, null]), null);
+  // ties: the answer seen first (Counter.most_common), whichever reaches the count last
+  assertEquals(majorityVote(["1", "2", "2", "1"]), "1");
+  assertEquals(majorityVote(["2", "1", "1", "2", null]), "2");
 });

@@ -11,8 +11,9 @@ import { mul, sum } from "../engine/ops/mod.ts";
 import { readSafetensors } from "../engine/safetensors.ts";
 import { noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
-import { DemoSource } from "../train/data.ts";
-import { train, type TrainOptions } from "../train/trainer.ts";
+import { DemoSource } from "../demo/source.ts";
+import { train } from "../train/trainer.ts";
+import type { TrainOptions } from "../train/options.ts";
 import { assert, assertEquals } from "@std/assert";
 import { assertClose, gpuTest, randArray, tinyModelWithTokenizer, toTensor } from "./_helpers.ts";
 

@@ -5,7 +5,7 @@ import { AdamW } from "../engine/optim.ts";
 import { emFtObjective } from "../train/em_ft.ts";
 import { estimateTraining } from "../train/memory.ts";
 import { packSequences, scoredBatch } from "../train/objective.ts";
-import { accumulateGradients } from "../train/trainer.ts";
+import { accumulateGradients } from "../train/accumulate.ts";
 import { assert, assertEquals } from "@std/assert";
 import { runCli } from "./_cli.ts";
 import { gpuTest } from "./_helpers.ts";

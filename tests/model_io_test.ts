@@ -3,7 +3,6 @@ import { ConfigError } from "../engine/model/config.ts";
 import { parseQwenConfig } from "../engine/model/qwen.ts";
 import { loadModel, saveModel } from "../engine/model/checkpoint.ts";
 import { randomModel } from "../engine/model/init.ts";
-import { loadTokenizer } from "../engine/model/tokenizer.ts";
 import { randomNormal } from "../engine/ops/mod.ts";
 import { readSafetensors, writeSafetensors } from "../engine/safetensors.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
@@ -161,29 +160,6 @@ async function noGradLogits(model: Awaited<ReturnType<typeof loadModel>>, ids: T
   const { noGrad } = await import("../engine/scope.ts");
   return await noGrad(() => tidy(() => model.forward(ids))).toArray();
 }
-
-Deno.test("the Qwen tokenizer reproduces encode_cases.json (ids and decoded text)", async () => {
-  const tok = await loadTokenizer(TOK);
-  const cases = JSON.parse(await Deno.readTextFile(`${TOK}encode_cases.json`));
-  for (const c of cases) {
-    assertEquals(tok.encode(c.text), c.ids, `encode ${JSON.stringify(c.text)}`);
-    assertEquals(tok.decode(c.ids), c.decoded, `decode ${JSON.stringify(c.text)}`);
-  }
-  assertEquals(tok.eosTokenIds, [151645]);
-});
-
-Deno.test("the chat template reproduces chat_cases.json (text and ids), enable_thinking included", async () => {
-  const tok = await loadTokenizer(TOK);
-  const cases = JSON.parse(await Deno.readTextFile(`${TOK}chat_cases.json`));
-  for (const c of cases) {
-    const text = tok.applyChatTemplate(c.messages, {
-      addGenerationPrompt: c.add_generation_prompt,
-      ...c.kwargs,
-    });
-    assertEquals(text, c.text);
-    assertEquals(tok.encode(text), c.ids);
-  }
-});
 
 Deno.test({
   name:

@@ -1,13 +1,13 @@
 /**
- * Training data: unlabeled prompts from JSONL (`{"prompt": ..., "answer"?: ...}`)
- * or the demo task generator, as a deterministic stream whose state is saved
- * with checkpoints so that a resumed run sees the same prompts.
+ * Training data: prompts (with optional answers) from JSONL
+ * (`{"prompt": ..., "answer"?: ...}`), as a deterministic stream whose state
+ * is saved with checkpoints so that a resumed run sees the same prompts.
+ * The demo's generator (demo/source.ts) is another ExampleSource.
  * @module
  */
 import { readJsonlRecords } from "../engine/jsonl.ts";
 import { Rng } from "../engine/random.ts";
 import type { QwenTokenizer } from "../engine/model/tokenizer.ts";
-import { DEMO_HELD_OUT, heldOutProblems, ProblemStream } from "../demo/task.ts";
 
 /** One training example; `answer` is used by SFT and by evaluation only. */
 export interface Example {
@@ -26,17 +26,23 @@ export interface ExampleSource {
   restore(state: Record<string, number>): void;
 }
 
-/** Reads a JSONL file of `{"prompt": string, "answer"?: string}`; errors name the file, line and field. */
+/**
+ * Reads a JSONL file of `{"prompt": string, "answer"?: string}`; errors name
+ * the file, line and field. `requireAnswer`: why every line needs an answer
+ * (e.g. "--method sft"), when it does.
+ */
 export async function readJsonl(
   path: string,
-  options: { requireAnswer?: boolean } = {},
+  options: { requireAnswer?: string } = {},
 ): Promise<Example[]> {
   const records = await readJsonlRecords(path, (o) => {
     if (typeof o.prompt !== "string" || !o.prompt) return `"prompt" must be a non-empty string`;
     if (o.answer !== undefined && typeof o.answer !== "string" && typeof o.answer !== "number") {
       return `"answer" must be a string or number`;
     }
-    if (options.requireAnswer && o.answer === undefined) return `"answer" is required for SFT`;
+    if (options.requireAnswer && o.answer === undefined) {
+      return `"answer" is required with ${options.requireAnswer}`;
+    }
     return null;
   });
   return records.map(({ value: o, origin }) => ({
@@ -92,28 +98,6 @@ export class ShuffledSource implements ExampleSource {
     this.#epoch = s.epoch;
     this.#pos = s.pos;
     this.#shuffle();
-  }
-}
-
-/** Fresh demo problems that never repeat a held-out one. */
-export class DemoSource implements ExampleSource {
-  readonly name = "demo arithmetic generator";
-  #stream: ProblemStream;
-
-  constructor(seed: number) {
-    this.#stream = new ProblemStream(seed, heldOutProblems(DEMO_HELD_OUT));
-  }
-
-  next(n: number): Example[] {
-    return Array.from({ length: n }, () => this.#stream.next());
-  }
-
-  state(): Record<string, number> {
-    return { rng: this.#stream.rng.state };
-  }
-
-  restore(s: Record<string, number>): void {
-    this.#stream.rng.state = s.rng;
   }
 }
 

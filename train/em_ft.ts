@@ -8,6 +8,7 @@ import { div, entropy, maxScalar, mul, mulScalar, sum } from "../engine/ops/mod.
 import { Tensor } from "../engine/tensor.ts";
 import {
   encodePrompts,
+  type Method,
   type Objective,
   packSequences,
   responseMask,
@@ -25,8 +26,14 @@ export function emFtPositionLoss(logits: Tensor): Tensor {
   return entropy(logits);
 }
 
+export interface EmFtOptions {
+  /** Responses sampled per prompt. */
+  nSamples: number;
+  reduce: Reduce;
+}
+
 /** EM-FT: N samples per prompt from the model itself, then their token entropy. */
-export function emFtObjective(options: { nSamples: number; reduce: Reduce }): Objective {
+export function emFtObjective(options: EmFtOptions): Objective {
   return {
     name: "em-ft",
     normalizer: options.reduce === "mean" ? "tokens" : "sequences",
@@ -39,6 +46,13 @@ export function emFtObjective(options: { nSamples: number; reduce: Reduce }): Ob
     positionLoss: ({ logits }) => ({ loss: emFtPositionLoss(logits) }),
   };
 }
+
+export const emFt: Method<EmFtOptions> = {
+  summary: "minimise the token entropy of the model's own sampled responses",
+  samples: true,
+  answersNeeded: () => null,
+  objective: ({ options }) => Promise.resolve(emFtObjective(options)),
+};
 
 /**
  * L = sum_t H(p_t) * mask_t / D with D = sum(mask) ("mean"), the number of

@@ -8,6 +8,8 @@
  * @module
  */
 import type { CausalLM } from "../engine/model/causal_lm.ts";
+import { loadModel } from "../engine/model/checkpoint.ts";
+import { frozenCopy } from "../engine/model/init.ts";
 import {
   abs,
   add,
@@ -30,9 +32,11 @@ import {
 } from "../engine/ops/mod.ts";
 import { keep, noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
+import { advantages, type Estimator, estimatorProblem } from "./estimators.ts";
 import {
   type BatchContext,
   encodePrompts,
+  type Method,
   type Objective,
   packSequences,
   rollouts,
@@ -40,8 +44,6 @@ import {
   type StepBatch,
 } from "./objective.ts";
 import { type RewardName, type RewardReduce, REWARDS, type Rollout } from "./rewards.ts";
-
-export type Estimator = "rloo" | "grpo" | "reinforce";
 
 export interface EmRlOptions {
   /** Rollouts per prompt (N). */
@@ -57,32 +59,19 @@ export interface EmRlOptions {
   ppoMiniBatch: number;
   /** Weight of the k3 KL to the reference; 0 allocates no reference. */
   klCoef: number;
-  /** The frozen initial model (null when klCoef is 0). */
-  reference: CausalLM | null;
 }
 
-/** Advantages of rewards laid out as groups of `n` rollouts per prompt. */
-export function advantages(rewards: number[], n: number, estimator: Estimator): number[] {
-  if (rewards.length % n !== 0) {
-    throw new Error(`advantages: ${rewards.length} rewards, groups of ${n}`);
-  }
-  if (estimator === "rloo" && n < 2) {
-    throw new Error(
-      "RLOO needs at least 2 rollouts per prompt (--n-samples >= 2), or use --estimator grpo|reinforce",
-    );
-  }
-  const all = rewards.reduce((a, b) => a + b, 0) / rewards.length;
-  return rewards.map((r, i) => {
-    const g = rewards.slice(i - (i % n), i - (i % n) + n);
-    const s = g.reduce((a, b) => a + b, 0);
-    if (estimator === "reinforce") return r - all; // REINFORCE with the batch mean as baseline
-    if (estimator === "rloo") return r - (s - r) / (n - 1); // leave-one-out mean of the others
-    // GRPO: standardised within the group (unbiased std, as torch.std in the public code)
-    const m = s / n;
-    const std = n > 1 ? Math.sqrt(g.reduce((a, x) => a + (x - m) ** 2, 0) / (n - 1)) : 0;
-    return (r - m) / (std + 1e-6);
-  });
-}
+/** EM-RL's defaults: the public code's (token reward, RLOO, 4 rollouts, clip 0.2, k3 0.001). */
+export const EM_RL_DEFAULTS: EmRlOptions = {
+  nSamples: 4,
+  reward: "token",
+  rewardReduce: "mean",
+  estimator: "rloo",
+  clipRatio: 0.2,
+  ppoEpochs: 1,
+  ppoMiniBatch: 0,
+  klCoef: 0.001,
+};
 
 /**
  * PPO's clipped objective per token: -min(ratio A, clip(ratio, 1-eps, 1+eps) A)
@@ -192,13 +181,14 @@ export async function scorePositions(
   return { logProbs, entropies, selfCertainty };
 }
 
-/** The EM-RL objective. */
-export function emRlObjective(o: EmRlOptions): Objective {
-  if (o.estimator === "rloo" && o.nSamples < 2) advantages([0], 1, "rloo"); // throws the message
-  if (o.klCoef > 0 && !o.reference) throw new Error("EM-RL: klCoef > 0 needs a reference model");
+/** The EM-RL objective; `reference` is the frozen initial model (null when klCoef is 0). */
+export function emRlObjective(o: EmRlOptions, reference: CausalLM | null): Objective {
+  if (o.klCoef > 0 && !reference) throw new Error("EM-RL: klCoef > 0 needs a reference model");
+  const reward = REWARDS[o.reward];
   return {
     name: "em-rl",
     normalizer: "tokens",
+    progress: { reward: "reward", kl: "kl", clip: "clipFraction", len: "responseLength" },
     async makeBatch(ctx: BatchContext, examples) {
       const r = await rollouts(ctx, encodePrompts(ctx, examples), o.nSamples);
       const batch = scoredBatch(packSequences(r.prompts, r.responses, ctx.pad));
@@ -207,11 +197,9 @@ export function emRlObjective(o: EmRlOptions): Objective {
         ctx.model,
         batch,
         ctx.microBatch,
-        o.reward === "self-certainty",
+        reward.needsSelfCertainty === true,
       );
-      const ref = o.reference
-        ? await scorePositions(o.reference, batch, ctx.microBatch, false)
-        : null;
+      const ref = reference ? await scorePositions(reference, batch, ctx.microBatch, false) : null;
       // the scored positions of each rollout (row-major, so contiguous)
       const rowOf = batch.positions.map((p) => Math.floor(p / batch.length));
       const tok = ctx.model.tokenizer!;
@@ -230,10 +218,9 @@ export function emRlObjective(o: EmRlOptions): Objective {
             : undefined,
         };
       });
-      const reward = REWARDS[o.reward];
       const rewards = rolls.map((x, i) => {
         const g0 = i - (i % o.nSamples);
-        return reward(x, rolls.slice(g0, g0 + o.nSamples), o.rewardReduce);
+        return reward.reward(x, rolls.slice(g0, g0 + o.nSamples), o.rewardReduce);
       });
       const adv = advantages(rewards, o.nSamples, o.estimator);
       batch.data = {
@@ -274,3 +261,36 @@ export function emRlObjective(o: EmRlOptions): Objective {
     },
   };
 }
+
+/**
+ * EM-RL as a method: its objective owns the reference, the initial weights
+ * frozen. With LoRA that is the base itself (the same buffers, adapters off);
+ * otherwise a copy, or on resume the initial checkpoint reloaded.
+ */
+export const emRl: Method<EmRlOptions> = {
+  summary: "policy gradient (PPO clip, k3 KL to the initial model) rewarded by --reward",
+  samples: true,
+  answersNeeded: (o) => REWARDS[o.reward].needsAnswer ? `--reward ${o.reward}` : null,
+  problem: (o, batchSize) => estimatorProblem(o.estimator, o.nSamples, batchSize * o.nSamples),
+  async objective({ model, options: o, initialModelDir, resumed }) {
+    let reference: CausalLM | null = null;
+    let owned = false;
+    if (o.klCoef > 0 && model.adapters) reference = model.base();
+    else if (o.klCoef > 0 && !resumed) [reference, owned] = [frozenCopy(model), true];
+    else if (o.klCoef > 0) {
+      if (!initialModelDir) {
+        throw new Error(
+          "EM-RL: the initial model's directory is not recorded, so the KL reference cannot be reloaded to resume",
+        );
+      }
+      reference = await loadModel(initialModelDir, { dtype: "f32", checkFinite: false });
+      owned = true;
+    }
+    const bytes = owned ? reference!.tensors().reduce((n, t) => n + t.buffer.size, 0) : 0;
+    return {
+      ...emRlObjective(o, reference),
+      memory: () => ({ referenceBytes: bytes }),
+      dispose: () => owned && reference!.dispose(),
+    };
+  },
+};

@@ -1,15 +1,19 @@
 /**
- * How much GPU memory a training update needs, estimated before allocating
- * anything: weights, gradients, optimizer state, EM-RL's reference, and the
- * activations one micro-batch keeps for backward. The activation count
+ * How much GPU memory a training update needs, estimated from config.json
+ * before allocating anything (weights, gradients, optimizer state, EM-RL's
+ * reference, and the activations one micro-batch keeps for backward), the
+ * limit it must fit, and the report --dry-run prints. The activation count
  * follows the decoder's forward op by op (every intermediate stays alive
  * until backward ends), each buffer rounded to the pool's size class. The
  * fused attention keeps O(T) per layer: its output and one log-sum-exp per row.
  * @module
  */
 import { sizeClass } from "../engine/buffer_pool.ts";
-import type { DecoderConfig } from "../engine/model/config.ts";
+import { type DecoderConfig, linearShapes, parameterCount } from "../engine/model/config.ts";
 import type { LoraTarget } from "../engine/model/lora.ts";
+import type { TrainOptions } from "./options.ts";
+
+export { parameterCount };
 
 export interface MemoryPlan {
   /** Sequences per forward/backward and their padded length. */
@@ -23,7 +27,7 @@ export interface MemoryPlan {
   recompute: boolean;
   /** EM-RL with a KL term and no LoRA: a frozen f32 copy of the weights. */
   reference: boolean;
-  /** Rows of the head per chunk (binding-limited); default as the trainer's headAt. */
+  /** The adapter's storage binding limit in bytes: the head's logits come in row chunks that fit it. */
   maxBinding: number;
 }
 
@@ -38,33 +42,6 @@ export interface MemoryEstimate {
 }
 
 const f32 = (n: number) => (n > 0 ? sizeClass(4 * n) : 0);
-
-/** Parameter count of a config. */
-export function parameterCount(c: DecoderConfig): number {
-  const q = c.numHeads * c.headDim;
-  const kv = c.numKvHeads * c.headDim;
-  const layer = 2 * c.hiddenSize + c.hiddenSize * (q + 2 * kv) + q * c.hiddenSize +
-    3 * c.hiddenSize * c.intermediateSize + (c.attentionBias ? q + 2 * kv : 0) +
-    (c.qkNorm ? 2 * c.headDim : 0);
-  return c.vocabSize * c.hiddenSize * (c.tieWordEmbeddings ? 1 : 2) + c.hiddenSize +
-    c.numLayers * layer;
-}
-
-/** (in, out) features of each LoRA target's linear layer. */
-function targetShape(c: DecoderConfig, t: LoraTarget): [number, number] {
-  const [C, I] = [c.hiddenSize, c.intermediateSize];
-  const q = c.numHeads * c.headDim;
-  const kv = c.numKvHeads * c.headDim;
-  return ({
-    q: [C, q],
-    k: [C, kv],
-    v: [C, kv],
-    o: [q, C],
-    gate: [C, I],
-    up: [C, I],
-    down: [I, C],
-  } as const)[t] as [number, number];
-}
 
 /** The activations one layer's forward keeps, in pool bytes, for N tokens of m rows. */
 export function layerActivations(
@@ -88,7 +65,9 @@ export function layerActivations(
   b += f32(N * C) + f32(N); // post-attention RMSNorm
   b += 3 * f32(N * I) + 2 * f32(N * C); // gate, up, silu(gate)·up; down, residual
   // each LoRA term: x·Aᵀ (N, r), then ·Bᵀ, its scaling and the sum with the base output (N, out)
-  for (const t of lora?.targets ?? []) b += f32(N * lora!.rank) + 3 * f32(N * targetShape(c, t)[1]);
+  for (const t of lora?.targets ?? []) {
+    b += f32(N * lora!.rank) + 3 * f32(N * linearShapes(c)[t][0]);
+  }
   return b;
 }
 
@@ -101,7 +80,7 @@ export function estimateTraining(c: DecoderConfig, plan: MemoryPlan): MemoryEsti
   const lora = plan.lora;
   const loraParams = lora
     ? c.numLayers * lora.rank *
-      lora.targets.reduce((n, t) => n + targetShape(c, t)[0] + targetShape(c, t)[1], 0)
+      lora.targets.reduce((n, t) => n + linearShapes(c)[t][0] + linearShapes(c)[t][1], 0)
     : 0;
   const trainable = plan.lora ? loraParams : P;
   const gradients = 4 * trainable;
@@ -129,4 +108,77 @@ export function estimateTraining(c: DecoderConfig, plan: MemoryPlan): MemoryEsti
   activations += Math.max(head, 2 * f32(N * c.intermediateSize) + 2 * f32(N * c.hiddenSize));
   const total = weights + loraParams * 4 + gradients + optimizer + reference + activations;
   return { weights, adapters: loraParams * 4, gradients, optimizer, reference, activations, total };
+}
+
+/** Total system memory in bytes, or null without the permission to read it. */
+export function systemMemory(): number | null {
+  const state = Deno.permissions.querySync({ name: "sys", kind: "systemMemoryInfo" }).state;
+  return state === "granted" ? Deno.systemMemoryInfo().total : null;
+}
+
+const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
+
+/**
+ * The estimate of a run's update and the limit it must fit: `seqLength`
+ * (default: the prompt allowance plus max-new-tokens, within the context),
+ * `limitBytes` (default: this machine's memory, a CPU adapter's; WebGPU
+ * reports no device memory size).
+ */
+export function planMemory(
+  config: DecoderConfig,
+  o: TrainOptions,
+  plan: { seqLength?: number; promptLength: number; limitBytes?: number },
+): { estimate: MemoryEstimate; limit: number } {
+  const seqLength = plan.seqLength ??
+    Math.min(config.maxPositionEmbeddings, plan.promptLength + o.maxNewTokens);
+  const lora = o.loraRank > 0 ? { rank: o.loraRank, targets: o.loraTargets } : null;
+  const stored = config.raw.torch_dtype ?? config.raw.dtype;
+  const estimate = estimateTraining(config, {
+    microBatch: o.microBatch,
+    seqLength,
+    scored: o.microBatch * Math.min(o.maxNewTokens, seqLength),
+    // with LoRA the base stays in its stored precision
+    weightBytes: lora && stored !== "float32" ? 2 : 4,
+    lora,
+    recompute: o.recompute,
+    reference: o.method === "em-rl" && o.klCoef > 0,
+    maxBinding: 128 * 2 ** 20,
+  });
+  return { estimate, limit: plan.limitBytes ?? systemMemory() ?? Infinity };
+}
+
+/** What --dry-run prints: the estimate by category, and whether it fits 16 and 24 GB. */
+export function dryRunReport(
+  c: DecoderConfig,
+  e: MemoryEstimate,
+  dir: string,
+  o: TrainOptions,
+): string {
+  const lines = [
+    `dry run: ${dir} (${c.architecture}, ${
+      (parameterCount(c) / 1e9).toFixed(2)
+    }B parameters), ${o.method}, micro-batch ${o.microBatch}${
+      o.loraRank ? `, LoRA rank ${o.loraRank}` : ", full fine-tuning"
+    }${o.recompute ? ", --recompute" : ""}`,
+    `  weights      ${gib(e.weights)}`,
+    `  LoRA         ${gib(e.adapters)}`,
+    `  gradients    ${gib(e.gradients)}`,
+    `  optimizer    ${gib(e.optimizer)}`,
+    `  reference    ${gib(e.reference)}`,
+    `  activations  ${gib(e.activations)} (one micro-batch, kept for backward)`,
+    `  total        ${gib(e.total)}`,
+  ];
+  for (const gb of [16, 24]) {
+    lines.push(`  fits in ${gb} GB: ${e.total <= gb * 1e9 ? "yes" : "no"}`);
+  }
+  return lines.join("\n");
+}
+
+/** The error when an estimate exceeds the limit, with what to change. */
+export function memoryRefusal(e: MemoryEstimate, limit: number): string {
+  return `this update needs about ${
+    gib(e.total)
+  } of GPU memory (--dry-run shows why), more than the ${
+    gib(limit)
+  } available (--memory-limit); lower --micro-batch, add --recompute, or train LoRA adapters with --lora-rank`;
 }

@@ -1,8 +1,11 @@
 /**
  * What differs between training methods, behind one interface, so that the
- * trainer's loop never asks which method it runs (nanoGPT's train.py):
- * how a step's batch is made (rollouts, labels, rewards, advantages,
- * reference log-probs), and the loss at each scored position.
+ * trainer's loop never asks which method it runs (nanoGPT's train.py): a
+ * Method makes its Objective (and owns what that needs, e.g. EM-RL's
+ * reference model); the Objective says how a step's batch is made
+ * (rollouts, labels, rewards, advantages, reference log-probs), the loss at
+ * each scored position, and which of its metrics the progress line shows.
+ * Shared batch-making helpers live here too.
  * @module
  */
 import type { CausalLM } from "../engine/model/causal_lm.ts";
@@ -66,7 +69,7 @@ export interface BatchContext {
   microBatch: number;
 }
 
-/** One training method. */
+/** What a training run optimises. */
 export interface Objective {
   readonly name: string;
   /** "tokens": the loss is a mean over scored positions; "sequences": per-sequence sums, averaged. */
@@ -77,8 +80,37 @@ export interface Objective {
   positionLoss(inputs: PositionInputs): PositionLoss;
   /** Optimizer updates of a step, each a list of rows (default: one update on every row). */
   updates?(batch: StepBatch): number[][];
-  /** State to save with a checkpoint and restore on resume (e.g. a reference model's path). */
-  state?(): Record<string, unknown>;
+  /** Its metrics the progress line shows (StepBatch.metrics or stats), as short name -> key. */
+  readonly progress?: Record<string, string>;
+  /** GPU bytes it holds beside the model, by category (e.g. referenceBytes). */
+  memory?(): Record<string, number>;
+  /** Releases what it holds (e.g. a reference model). */
+  dispose?(): void;
+}
+
+/** What a method's objective is made from. */
+export interface ObjectiveSetup<O> {
+  /** The model being trained (with its LoRA adapters attached, if any). */
+  model: CausalLM;
+  options: O;
+  /** Where the run's initial weights can be reloaded from, if anywhere (EM-RL's reference). */
+  initialModelDir: string | null;
+  /** The run continues from a checkpoint: the model no longer holds its initial weights. */
+  resumed: boolean;
+}
+
+/** A training method, as --method names it (methods.ts lists them). */
+export interface Method<O> {
+  /** One line for --help. */
+  summary: string;
+  /** It samples responses from the model (--n-samples, --temperature and --top-p apply). */
+  samples: boolean;
+  /** Why every example must carry an "answer" under these options (a flag to name), or null. */
+  answersNeeded(o: O): string | null;
+  /** Why these options cannot work, checked before anything loads, or null. */
+  problem?(o: O, batchSize: number): string | null;
+  /** The run's objective, owning what it allocates. */
+  objective(setup: ObjectiveSetup<O>): Promise<Objective>;
 }
 
 /**

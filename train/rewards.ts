@@ -1,10 +1,11 @@
 /**
- * EM-RL rewards (EM_SPEC.md): one function each, computed with no gradient
- * from what the rollout's policy saw. To add one, write a `Reward` and list it
- * in REWARDS.
+ * EM-RL rewards (EM_SPEC.md), computed with no gradient from what the
+ * rollout's policy saw. To add one: an entry in REWARDS (its --help line,
+ * what it needs, the function) and a test; flags, help and the data checks
+ * follow from the entry.
  * @module
  */
-import { answersMatch, extractAnswer, normalizeAnswer } from "../infer/answer.ts";
+import { answersMatch, extractAnswer, majorityVote, normalizeAnswer } from "../infer/answer.ts";
 
 /** What a reward sees of one rollout (per-token values over its response tokens). */
 export interface Rollout {
@@ -18,15 +19,23 @@ export interface Rollout {
   entropies: number[];
   /** log pi(y_t | y_<t) of each sampled token. */
   logProbs: number[];
-  /** KL(U || p_t) = -log|V| - mean_j log p_tj at each response token (self-certainty only). */
+  /** KL(U || p_t) = -log|V| - mean_j log p_tj at each response token (when a reward needs it). */
   selfCertainty?: number[];
 }
 
 /** Mean (the public code) or sum (the paper) over a response's tokens. */
 export type RewardReduce = "mean" | "sum";
 
-/** A rollout's reward; `group` holds the N rollouts of its prompt (itself included). */
-export type Reward = (r: Rollout, group: Rollout[], reduce: RewardReduce) => number;
+export interface RewardSpec {
+  /** One line for --help. */
+  summary: string;
+  /** Every prompt must carry an "answer" (the labeled baselines). */
+  needsAnswer?: boolean;
+  /** The rollouts must carry `selfCertainty` (one more no-grad pass over the logits). */
+  needsSelfCertainty?: boolean;
+  /** The reward of rollout `r`; `group` holds the N rollouts of its prompt (r included). */
+  reward(r: Rollout, group: Rollout[], reduce: RewardReduce): number;
+}
 
 function reduceTokens(xs: number[], reduce: RewardReduce): number {
   if (xs.length === 0) return 0;
@@ -39,48 +48,47 @@ export function answerOf(text: string): string | null {
   return extractAnswer(text, "auto");
 }
 
-/** The most frequent answer of a group (the first seen on ties), or null when none has one. */
-export function majorityAnswer(texts: string[]): string | null {
-  const counts = new Map<string, number>();
-  let best: string | null = null;
-  for (const t of texts) {
-    const a = answerOf(t);
-    if (a === null) continue;
-    const n = (counts.get(a) ?? 0) + 1;
-    counts.set(a, n);
-    if (best === null || n > counts.get(best)!) best = a;
-  }
-  return best;
-}
-
 /** The rewards --reward offers. */
 export type RewardName = "token" | "sequence" | "self-certainty" | "majority" | "correct";
 
-export const REWARDS: Record<RewardName, Reward> = {
-  /** EM-RL-token: -mean_t H(p_t) (code) or -sum_t (paper). */
-  token: (r, _g, reduce) => -reduceTokens(r.entropies, reduce),
-  /** EM-RL-sequence: mean_t log pi(y_t) (code) or the sum (paper). */
-  sequence: (r, _g, reduce) => reduceTokens(r.logProbs, reduce),
-  /** Intuitor's self-certainty: mean_t KL(U || p_t). */
-  "self-certainty": (r) => {
-    if (!r.selfCertainty) throw new Error("self-certainty: the rollout carries no KL(U||p) values");
-    return reduceTokens(r.selfCertainty, "mean");
+export const REWARDS: Record<RewardName, RewardSpec> = {
+  token: {
+    summary: "EM-RL-token: -H per token, mean (code) or sum (paper) over the response",
+    reward: (r, _g, reduce) => -reduceTokens(r.entropies, reduce),
   },
-  /** TTRL / SC-RL: 1 when the answer equals the majority answer of the prompt's rollouts. */
-  majority: (r, group) => {
-    const a = answerOf(r.text);
-    const m = majorityAnswer(group.map((x) => x.text));
-    return a !== null && a === m ? 1 : 0;
+  sequence: {
+    summary: "EM-RL-sequence: log-prob of the sampled tokens, mean or sum",
+    reward: (r, _g, reduce) => reduceTokens(r.logProbs, reduce),
   },
-  /** Labeled correctness (the RLOO/GRPO baselines): 1 when the answer equals the gold one. */
-  correct: (r) => {
-    if (r.gold === undefined) {
-      throw new Error(
-        `--reward correct needs an "answer" for every prompt; ${r.origin} has none`,
-      );
-    }
-    return answersMatch(answerOf(r.text), normalizeAnswer(r.gold)) ? 1 : 0;
+  "self-certainty": {
+    summary: "Intuitor's self-certainty: mean KL(U || p) over the response",
+    needsSelfCertainty: true,
+    reward: (r) => {
+      if (!r.selfCertainty) {
+        throw new Error("self-certainty: the rollout carries no KL(U||p) values");
+      }
+      return reduceTokens(r.selfCertainty, "mean");
+    },
+  },
+  majority: {
+    summary: "TTRL: 1 when the answer is the majority answer of the prompt's rollouts",
+    reward: (r, group) => {
+      const a = answerOf(r.text);
+      return a !== null && a === majorityVote(group.map((x) => answerOf(x.text))) ? 1 : 0;
+    },
+  },
+  correct: {
+    summary: 'labeled: 1 when the answer equals the data\'s "answer" (the RLOO/GRPO baseline)',
+    needsAnswer: true,
+    reward: (r) => {
+      if (r.gold === undefined) {
+        throw new Error(
+          `--reward correct needs an "answer" for every prompt; ${r.origin} has none`,
+        );
+      }
+      return answersMatch(answerOf(r.text), normalizeAnswer(r.gold)) ? 1 : 0;
+    },
   },
 };
 
-export const REWARD_NAMES: RewardName[] = Object.keys(REWARDS) as RewardName[];
+export const REWARD_NAMES = Object.keys(REWARDS) as RewardName[];

@@ -6,7 +6,13 @@
 import { neg, tokenLogProb } from "../engine/ops/mod.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { checkExampleFits } from "./data.ts";
-import { encodePrompts, type Objective, packSequences, scoredBatch } from "./objective.ts";
+import {
+  encodePrompts,
+  type Method,
+  type Objective,
+  packSequences,
+  scoredBatch,
+} from "./objective.ts";
 
 /** SFT's loss at each position: -log p(target). logits (n, V), targets (n) i32 -> (n). */
 export function sftPositionLoss(logits: Tensor, targets: Tensor): Tensor {
@@ -36,3 +42,10 @@ export function sftObjective(): Objective {
     positionLoss: ({ logits, targets }) => ({ loss: sftPositionLoss(logits, targets) }),
   };
 }
+
+export const sft: Method<unknown> = {
+  summary: "cross-entropy on labeled prompt/answer pairs (prompt masked)",
+  samples: false,
+  answersNeeded: () => "--method sft",
+  objective: () => Promise.resolve(sftObjective()),
+};

@@ -6,20 +6,20 @@
  * (atomic, never over the source).
  * @module
  */
-import { recoverDirectory, replaceDirectory, tempDirectoryBeside } from "../atomic.ts";
+import { atomicWrite, recoverDirectory, replaceDirectory, tempDirectoryBeside } from "../atomic.ts";
 import { device, initDevice } from "../device.ts";
 import { cast, nonFiniteCounts } from "../ops/mod.ts";
-import { atomicWrite } from "../atomic.ts";
-import { Checkpoint } from "./shards.ts";
+import { exists, parentOf } from "../paths.ts";
 import { type RawTensor, toFloat32, writeSafetensors } from "../safetensors.ts";
-import { tensorFromRaw, tensorToRaw } from "../tensor_io.ts";
 import { keep } from "../scope.ts";
 import { f32ToBf16, f32ToF16, numel, type Tensor } from "../tensor.ts";
-import { type CausalLM, type GenerationDefaults, type Parameter } from "./causal_lm.ts";
+import { tensorFromRaw, tensorToRaw } from "../tensor_io.ts";
+import type { CausalLM, GenerationDefaults, Parameter } from "./causal_lm.ts";
 import { ConfigError, type DecoderConfig, decoderParameters, tokenIdList } from "./config.ts";
 import { DecoderLM } from "./decoder.ts";
-import { isQwenConfig, parseQwenConfig } from "./qwen.ts";
 import type { Adapter } from "./lora.ts";
+import { isQwenConfig, parseQwenConfig } from "./qwen.ts";
+import { Checkpoint } from "./shards.ts";
 import { loadTokenizer, type QwenTokenizer } from "./tokenizer.ts";
 
 /** Every family the loader knows: how to recognise its config.json and parse it. */
@@ -336,20 +336,6 @@ export async function saveModel(
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;
   }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function parentOf(path: string): string {
-  const i = path.replace(/\/+$/, "").lastIndexOf("/");
-  return i <= 0 ? (i === 0 ? "/" : ".") : path.slice(0, i);
 }
 
 /** W + scale·B·A for a raw weight (out, in) in its dtype, computed in float64 on the CPU. */

@@ -1,0 +1,133 @@
+/**
+ * A run's saved state: checkpoints (the model, or with LoRA the adapters in
+ * PEFT's format, plus optimizer.safetensors and trainer_state.json, swapped
+ * in atomically) and metrics.jsonl, and reading them back to resume.
+ * @module
+ */
+import {
+  atomicWrite,
+  recoverDirectory,
+  replaceDirectory,
+  tempDirectoryBeside,
+} from "../engine/atomic.ts";
+import type { CausalLM } from "../engine/model/causal_lm.ts";
+import { saveModel } from "../engine/model/checkpoint.ts";
+import type { AdamW } from "../engine/optim.ts";
+import type { TrainOptions } from "./options.ts";
+
+/** Where a run keeps its latest checkpoint and its best one, inside its output directory. */
+export const CHECKPOINT = "checkpoint";
+export const BEST = "best";
+
+/** The best evaluation so far and where its checkpoint is. */
+export interface Best {
+  step: number;
+  score: number;
+  dir: string;
+}
+
+/** trainer_state.json: where the run is, and how it was set up. */
+export interface RunState {
+  step: number;
+  optimizerStep: number;
+  /** The rollout sampler's generator state. */
+  sampleRng: number;
+  /** The example stream's position. */
+  source: Record<string, number>;
+  options: TrainOptions;
+  best: Best | null;
+  /** Where the run's initial weights came from (EM-RL reloads its reference from there). */
+  referenceDir: string | null;
+  /** With LoRA: the base model the adapters adapt. */
+  loraBase: string | null;
+}
+
+/** Reads `dir/trainer_state.json`; errors name the file. */
+export async function readRunState(dir: string): Promise<RunState> {
+  const path = `${dir}/trainer_state.json`;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    throw new Error(`${path}: cannot read (${(e as Error).message})`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${path}: not valid JSON (${(e as Error).message}); the file is damaged`);
+  }
+}
+
+/**
+ * Writes a checkpoint to `dir`, replacing what was there only once the new
+ * one is complete: the model (or its LoRA adapters), the optimizer state and
+ * the run state. `replaceSource`: `dir` may be the directory the model was
+ * loaded from (a resumed run's own checkpoint).
+ */
+export async function saveCheckpoint(
+  dir: string,
+  run: { model: CausalLM; optimizer: AdamW; state: RunState; replaceSource?: boolean },
+): Promise<void> {
+  const extra = async (tmp: string) => {
+    await run.optimizer.save(`${tmp}/optimizer.safetensors`);
+    await writeJson(`${tmp}/trainer_state.json`, run.state);
+  };
+  const adapters = run.model.adapters;
+  if (!adapters) {
+    await saveModel(run.model, dir, {
+      metadata: { step: String(run.state.step), method: run.state.options.method },
+      replaceSource: run.replaceSource,
+      extra,
+    });
+    return;
+  }
+  const tmp = await tempDirectoryBeside(dir);
+  try {
+    await adapters.save(tmp, run.state.loraBase);
+    await extra(tmp);
+    await replaceDirectory(tmp, dir);
+  } catch (e) {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw e;
+  }
+}
+
+/** Finishes checkpoint swaps a crash interrupted and drops stale temporary directories. */
+export async function recoverRun(outDir: string, log: (line: string) => void): Promise<void> {
+  for (const name of [CHECKPOINT, BEST]) {
+    const back = await recoverDirectory(`${outDir}/${name}`);
+    if (back) log(`recovered ${outDir}/${name} from ${back} (a save was interrupted)`);
+  }
+}
+
+/** Keeps the metrics.jsonl records of steps <= `step` (a resumed run logs the later ones again). */
+export async function truncateMetrics(path: string, step: number): Promise<void> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch {
+    return;
+  }
+  const kept = text.split("\n").filter((line) => {
+    if (!line.trim()) return false;
+    try {
+      return (JSON.parse(line).step ?? 0) <= step;
+    } catch {
+      return false;
+    }
+  });
+  await atomicWrite(path, async (f) => {
+    await f.write(new TextEncoder().encode(kept.map((l) => l + "\n").join("")));
+  });
+}
+
+/** Appends one JSON record to a JSONL file. */
+export async function appendJsonl(path: string, value: unknown): Promise<void> {
+  await Deno.writeTextFile(path, JSON.stringify(value) + "\n", { append: true });
+}
+
+async function writeJson(path: string, value: unknown): Promise<void> {
+  await atomicWrite(path, async (f) => {
+    await f.write(new TextEncoder().encode(JSON.stringify(value, null, 2) + "\n"));
+  });
+}
