@@ -23,6 +23,14 @@ export function record(out: Tensor, node: GradNode): Tensor {
 /** Gradient accumulation: a + b with no tape (the same kernel as the add op). */
 const add = (a: Tensor, b: Tensor) => elementwise("add", [a, b], "a + b");
 
+/** PyTorch's rule: the graph is freed by backward(), so a second pass through it is an error. */
+function freedGraph(): Error {
+  return new Error(
+    "backward(): this graph was already freed by an earlier backward(); compute the loss again " +
+      "(gradients accumulate into .grad across passes)",
+  );
+}
+
 function topoOrder(root: Tensor): Tensor[] {
   const order: Tensor[] = [];
   const seen = new Set<Tensor>();
@@ -37,6 +45,7 @@ function topoOrder(root: Tensor): Tensor[] {
     seen.add(t);
     stack.push([t, true]);
     for (const x of t.node?.inputs ?? []) {
+      if (x.graphFreed) throw freedGraph();
       if (x.requiresGrad && !seen.has(x)) stack.push([x, false]);
     }
   }
@@ -45,6 +54,7 @@ function topoOrder(root: Tensor): Tensor[] {
 
 /** Computes d root / d leaf for every leaf that requires grad, accumulating into `leaf.grad`. */
 export function backward(root: Tensor, grad?: Tensor): void {
+  if (root.graphFreed) throw freedGraph();
   if (!root.requiresGrad) {
     throw new Error("backward(): the tensor does not require grad (no input had requiresGrad)");
   }
@@ -108,6 +118,7 @@ export function backward(root: Tensor, grad?: Tensor): void {
       g.dispose();
       node.saved?.forEach((s) => s.dispose());
       t.node = null;
+      t.graphFreed = true;
     }
   });
 }

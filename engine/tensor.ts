@@ -65,6 +65,8 @@ export class Tensor implements Disposable {
   grad: Tensor | null = null;
   /** The op that produced this tensor, while the tape holds it. */
   node: GradNode | null = null;
+  /** Set when backward() ran through this tensor and freed its node: a second pass must fail. */
+  graphFreed = false;
   /** Set by scope tracking. */
   scope: Set<Disposable> | null = null;
   #storage: Storage | null;
@@ -116,7 +118,15 @@ export class Tensor implements Disposable {
     }
     let bytes: Uint8Array;
     if (dtype === "f32") bytes = new Uint8Array(Float32Array.from(data).buffer);
-    else if (dtype === "i32") bytes = new Uint8Array(Int32Array.from(data).buffer);
+    else if (dtype === "i32") {
+      for (let i = 0; i < data.length; i++) {
+        const v = data[i];
+        if (!Number.isInteger(v) || v < -(2 ** 31) || v >= 2 ** 31) {
+          throw new Error(`Tensor.from: value ${v} at [${i}] is not an i32 integer`);
+        }
+      }
+      bytes = new Uint8Array(Int32Array.from(data).buffer);
+    }
     else {
       const half = new Uint16Array(data.length);
       for (let i = 0; i < data.length; i++) {

@@ -15,30 +15,37 @@ export const ROW_WG = 128;
 /** Rows at most this wide use one invocation per row (no workgroup tree). */
 export const SHORT_ROW = 512;
 
+// A NaN logit makes its row's lse and entropy NaN (so softmax and the gradients are NaN too), as
+// in torch: tested on the bits, since WGSL lets compilers assume floats are never NaN.
+const nanHelpers = /* wgsl */ `
+fn is_nan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+fn nan_f32() -> f32 { return bitcast<f32>(0x7fc00000u); }`;
+
 // Long rows: each thread keeps (m, s, t) = (max, sum e^(z-m), sum e^(z-m)(z-m)), merged in a
-// tree. t is kept relative to the running max so that H = log s - t/s loses nothing to
-// cancellation when |z| is huge.
-const longStats = /* wgsl */ `
-struct Acc { m: f32, s: f32, t: f32 }
+// tree, and n, its count of NaN logits. t is kept relative to the running max so that
+// H = log s - t/s loses nothing to cancellation when |z| is huge.
+const longStats = /* wgsl */ `${nanHelpers}
+struct Acc { m: f32, s: f32, t: f32, n: u32 }
 fn acc_rescale(a: Acc, m: f32) -> Acc {
-  if (a.s == 0.0) { return Acc(m, 0.0, 0.0); }
+  if (a.s == 0.0) { return Acc(m, 0.0, 0.0, a.n); }
   let r = exp(a.m - m);
-  return Acc(m, a.s * r, r * (a.t + a.s * (a.m - m)));
+  return Acc(m, a.s * r, r * (a.t + a.s * (a.m - m)), a.n);
 }
 fn acc_add(a: Acc, z: f32) -> Acc {
+  if (is_nan(z)) { return Acc(a.m, a.s, a.t, a.n + 1u); }
   if (z <= -3.0e38) { return a; } // -inf logits (masked) carry no mass
   let b = acc_rescale(a, max(a.m, z));
   let d = z - b.m;
-  return Acc(b.m, b.s + exp(d), b.t + exp(d) * d);
+  return Acc(b.m, b.s + exp(d), b.t + exp(d) * d, b.n);
 }
 fn acc_merge(a: Acc, b: Acc) -> Acc {
   let m = max(a.m, b.m);
   let x = acc_rescale(a, m); let y = acc_rescale(b, m);
-  return Acc(m, x.s + y.s, x.t + y.t);
+  return Acc(m, x.s + y.s, x.t + y.t, x.n + y.n);
 }
 var<workgroup> red: array<Acc, ${ROW_WG}>;
 fn row_stats(row: u32, v: u32, lid: u32) -> Acc {
-  var a = Acc(-3.402823e38, 0.0, 0.0);
+  var a = Acc(-3.402823e38, 0.0, 0.0, 0u);
   for (var j = lid; j < v; j += ${ROW_WG}u) { a = acc_add(a, z[row * v + j]); }
   red[lid] = a;
   workgroupBarrier();
@@ -50,11 +57,16 @@ fn row_stats(row: u32, v: u32, lid: u32) -> Acc {
 }`;
 
 // Short rows: two passes over the row in one invocation, the entropy term relative to the max.
-const shortStats = /* wgsl */ `
+const shortStats = /* wgsl */ `${nanHelpers}
 struct Stats { lse: f32, h: f32 }
 fn stats(r: u32, v: u32) -> Stats {
   var m = -3.402823e38;
-  for (var j = 0u; j < v; j++) { m = max(m, z[r * v + j]); }
+  var nans = 0u;
+  for (var j = 0u; j < v; j++) {
+    let x = z[r * v + j];
+    if (is_nan(x)) { nans++; } else { m = max(m, x); }
+  }
+  if (nans > 0u) { return Stats(nan_f32(), nan_f32()); }
   var s = 0.0; var t = 0.0;
   for (var j = 0u; j < v; j++) {
     let d = z[r * v + j] - m;
@@ -120,8 +132,8 @@ export const rowKernel = memoKernel((epilogue: RowEpilogue, length: "long" | "lo
   const wide = length === "long4" && e.perVec4 !== undefined;
   const stats = long
     ? `let a = row_stats(row, v, lid.x);
-  let lse = a.m + log(a.s);
-  let ent = max(log(a.s) - a.t / a.s, 0.0);`
+  let lse = select(a.m + log(a.s), nan_f32(), a.n > 0u);
+  let ent = select(max(log(a.s) - a.t / a.s, 0.0), nan_f32(), a.n > 0u);`
     : `let st = stats(row, v);
   let lse = st.lse;
   let ent = st.h;`;

@@ -4,7 +4,15 @@
  */
 import { recoverDirectory } from "../engine/atomic.ts";
 import { loadModel, saveModel } from "../engine/model/checkpoint.ts";
-import { embedding, nonFiniteCounts, nonFiniteCountsReference } from "../engine/ops/mod.ts";
+import {
+  embedding,
+  entropy,
+  logSoftmax,
+  mul,
+  nonFiniteCounts,
+  nonFiniteCountsReference,
+  sum,
+} from "../engine/ops/mod.ts";
 import { readSafetensors, writeSafetensors } from "../engine/safetensors.ts";
 import { noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
@@ -242,4 +250,49 @@ Deno.test({
       "an f32 Tensor",
     );
   },
+});
+
+Deno.test({
+  name:
+    "NaN logits give NaN entropy, log-softmax and tokenEntropyLoss (short and long rows), never a finite value",
+  ...gpuTest,
+  fn: async () => {
+    const loss = tokenEntropyLoss(Tensor.from([0, 1, NaN, 0, 1, 2], [1, 2, 3]), [1, 1]);
+    assert(Number.isNaN(await loss.item()), "a NaN in one row makes the loss NaN");
+    for (const V of [3, 1000]) { // one invocation per row, and one workgroup per row
+      const z = new Float32Array(3 * V).map((_, i) => (i % 7) / 3);
+      z[1] = NaN; // row 0 has one NaN
+      z.fill(NaN, 2 * V, 3 * V); // row 2 is all NaN
+      const t = Tensor.from(z, [3, V]);
+      const h = await entropy(t).toArray();
+      assert(Number.isNaN(h[0]) && Number.isFinite(h[1]) && Number.isNaN(h[2]), `V ${V}: ${h}`);
+      const lp = await logSoftmax(t).toArray();
+      assert(Number.isNaN(lp[V - 1]) && Number.isFinite(lp[V]), `V ${V}: log-softmax rows`);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "backward() twice through one graph throws (PyTorch's rule); gradients accumulate across graphs",
+  ...gpuTest,
+  fn: async () => {
+    const w = Tensor.from([1, 2, 3], [3], { requiresGrad: true });
+    const loss = sum(mul(w, w));
+    loss.backward();
+    assertThrows(() => loss.backward(), Error, "already freed by an earlier backward()");
+    sum(mul(w, w)).backward(); // a new graph: accumulates
+    assertEquals(Array.from(await w.grad!.toArray()), [4, 8, 12]);
+    // an intermediate of a freed graph cannot start another pass either
+    const y = mul(w, w);
+    sum(y).backward();
+    assertThrows(() => sum(mul(y, y)).backward(), Error, "already freed");
+  },
+});
+
+Deno.test("Tensor.from() refuses values that are not i32 integers for an i32 tensor", () => {
+  assertThrows(() => Tensor.from([1, 2.5], [2], { dtype: "i32" }), Error, "value 2.5 at [1]");
+  assertThrows(() => Tensor.from([NaN], [1], { dtype: "i32" }), Error, "not an i32 integer");
+  assertThrows(() => Tensor.from([2 ** 31], [1], { dtype: "i32" }), Error, "not an i32 integer");
+  Tensor.from([-(2 ** 31), 7], [2], { dtype: "i32" }).dispose();
 });

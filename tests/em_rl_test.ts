@@ -27,6 +27,8 @@ import { answerOf, REWARDS, type Rollout } from "../train/rewards.ts";
 import { majorityVote } from "../infer/answer.ts";
 import { sftObjective } from "../train/sft.ts";
 import { accumulateGradients } from "../train/accumulate.ts";
+import { emFtObjective } from "../train/em_ft.ts";
+import { Rng } from "../engine/random.ts";
 import { train } from "../train/trainer.ts";
 import type { TrainOptions } from "../train/options.ts";
 import { assert, assertAlmostEquals, assertEquals, assertThrows } from "@std/assert";
@@ -112,13 +114,16 @@ Deno.test({
     const old = ratios.map((_, i) => -1 - 0.1 * i);
     const logp = ratios.map((r, i) => Math.fround(old[i] + Math.log(r)));
     const x = Tensor.from(logp, [logp.length], { requiresGrad: true });
-    const loss = tidy(() => {
+    const [loss, clipped] = tidy(() => {
       const l = ppoClipLoss(x, Tensor.from(old), Tensor.from(adv), eps);
       sum(l.loss).backward();
-      return l.loss;
+      return [l.loss, l.clipped];
     });
     const want = logp.map((lp, i) => ppoClipReference(lp, Math.fround(old[i]), adv[i], eps));
     assertClose(await loss.toArray(), want.map((w) => w.loss), { atol: 1e-6, rtol: 1e-5 }, "loss");
+    // the clip fraction counts the tokens whose clipped term is in force (2 of these 9)
+    assertEquals(Array.from(await clipped.toArray()), want.map((w) => w.clipped), "clipped");
+    assertEquals(want.reduce((n, w) => n + w.clipped, 0), 2);
     assertClose(
       await x.grad!.toArray(),
       want.map((w) => w.dLogp),
@@ -283,6 +288,74 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "at temperature 0.7, EM-RL's log-probs and entropies and EM-FT's loss are of softmax(z / 0.7), the sampled distribution",
+  ...gpuTest,
+  fn: async () => {
+    const T = 0.7;
+    const model = await loadModel(`${HF}qwen2-tiny`, { trainable: true });
+    const { batch, logits } = await fixtureBatch();
+    const V = logits.length / (batch.rows * batch.length);
+    // float64 reference from transformers' logits: log softmax(z / T) at the target, H(softmax(z / T))
+    const ref = batch.positions.map((p, i) => {
+      const z = Array.from(logits.subarray(p * V, (p + 1) * V), (x) => x / T);
+      const m = Math.max(...z);
+      const lse = m + Math.log(z.reduce((a, x) => a + Math.exp(x - m), 0));
+      const h = -z.reduce((a, x) => a + Math.exp(x - lse) * (x - lse), 0);
+      return { logp: z[batch.targets[i]] - lse, h };
+    });
+    for (const temperature of [T, 1]) {
+      batch.temperature = temperature;
+      const scored = await scorePositions(model, batch, 2, false);
+      const close = (a: ArrayLike<number>, b: number[]) =>
+        a.length === b.length && b.every((x, i) => Math.abs(a[i] - x) < 2e-4);
+      const mean = ref.reduce((a, r) => a + r.h, 0) / ref.length;
+      const acc = accumulateGradients(
+        model,
+        batch,
+        emFtObjective({ nSamples: 2, reduce: "mean" }),
+        2,
+      );
+      const loss = await acc.loss.item();
+      model.tensors().forEach((t) => (t.grad?.dispose(), t.grad = null));
+      if (temperature === T) {
+        assertClose(
+          scored.logProbs,
+          ref.map((r) => r.logp),
+          { atol: 2e-5, rtol: 1e-4 },
+          "log-probs",
+        );
+        assertClose(scored.entropies, ref.map((r) => r.h), { atol: 2e-5, rtol: 1e-4 }, "entropies");
+        assertAlmostEquals(loss, mean, 1e-5, "EM-FT loss");
+      } else {
+        // the reference really depends on T: at T = 1 none of it holds
+        assert(!close(scored.logProbs, ref.map((r) => r.logp)), "T = 1 log-probs differ");
+        assert(Math.abs(loss - mean) > 1e-3, "T = 1 loss differs");
+      }
+    }
+    // the objectives record the temperature their rollouts were sampled at
+    const demo = await loadModel(DEMO, { trainable: true });
+    const ctx = {
+      model: demo,
+      rng: new Rng(1),
+      pad: 14,
+      eos: [14],
+      chat: false,
+      maxNewTokens: 3,
+      temperature: T,
+      topP: 1,
+      microBatch: 8,
+    };
+    const examples = new DemoSource(1).next(2);
+    const ft = await emFtObjective({ nSamples: 2, reduce: "mean" }).makeBatch(ctx, examples);
+    const rl = await emRlObjective({ ...quickRl, klCoef: 0 }, null).makeBatch(ctx, examples);
+    assertEquals([ft.temperature, rl.temperature], [T, T]);
+    model.dispose();
+    demo.dispose();
+  },
+});
+
+Deno.test({
   name: "the trainer's SFT path gives the cross-entropy of transformers' logits",
   ...gpuTest,
   fn: async () => {
@@ -301,6 +374,17 @@ Deno.test({
     model.dispose();
   },
 });
+
+const quickRl = {
+  nSamples: 2,
+  reward: "token",
+  rewardReduce: "mean",
+  estimator: "rloo",
+  clipRatio: 0.2,
+  ppoEpochs: 1,
+  ppoMiniBatch: 0,
+  klCoef: 0.001,
+} as const;
 
 const quick: Partial<TrainOptions> = {
   method: "em-rl",

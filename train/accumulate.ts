@@ -8,7 +8,7 @@ import type { CausalLM } from "../engine/model/causal_lm.ts";
 import { concat, entropy, mulScalar, sum } from "../engine/ops/mod.ts";
 import { keep, noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
-import type { Objective, StepBatch } from "./objective.ts";
+import { atTemperature, type Objective, type StepBatch } from "./objective.ts";
 
 /** The sums a gradient pass measured (GPU scalars) and how many positions it scored. */
 export interface Accumulated {
@@ -70,9 +70,14 @@ export function accumulateGradients(
           Object.entries(batch.data).map(([k, v]) => [k, Tensor.from(idx.map((i) => v[i]), [n])]),
         );
         const targets = Tensor.from(idx.map((i) => batch.targets[i]), [n], { dtype: "i32" });
-        const out = objective.positionLoss({ logits, targets, data });
+        // the distribution the responses were sampled from: softmax(z / T)
+        const out = objective.positionLoss({
+          logits: atTemperature(logits, batch.temperature),
+          targets,
+          data,
+        });
         const stats = { ...out.stats };
-        stats.entropy ??= noGrad(() => entropy(logits));
+        stats.entropy ??= noGrad(() => entropy(atTemperature(logits, batch.temperature)));
         for (const [k, v] of Object.entries(stats)) {
           (chunkSums[k] ??= []).push(noGrad(() => sum(v).view([1])));
         }

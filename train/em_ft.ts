@@ -41,6 +41,7 @@ export function emFtObjective(options: EmFtOptions): Objective {
       const r = await rollouts(ctx, encodePrompts(ctx, examples), options.nSamples);
       const batch = scoredBatch(packSequences(r.prompts, r.responses, ctx.pad));
       batch.sampledTokens = r.responses.reduce((s, x) => s + x.length, 0);
+      batch.temperature = ctx.temperature;
       return batch;
     },
     positionLoss: ({ logits }) => ({ loss: emFtPositionLoss(logits) }),

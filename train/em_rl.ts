@@ -34,6 +34,7 @@ import { keep, noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { advantages, type Estimator, estimatorProblem } from "./estimators.ts";
 import {
+  atTemperature,
   type BatchContext,
   encodePrompts,
   type Method,
@@ -76,7 +77,8 @@ export const EM_RL_DEFAULTS: EmRlOptions = {
 /**
  * PPO's clipped objective per token: -min(ratio A, clip(ratio, 1-eps, 1+eps) A)
  * with ratio = exp(logp - old). Also (no gradient) 1 where the clipped term
- * is the one in force, for the clip fraction. All (n).
+ * is the one in force (strictly larger loss: TRL's and verl's pg_clipfrac),
+ * for the clip fraction. All (n).
  */
 export function ppoClipLoss(
   logp: Tensor,
@@ -88,7 +90,8 @@ export function ppoClipLoss(
   const unclipped = neg(mul(ratio, adv));
   const clipped = neg(mul(minScalar(maxScalar(ratio, 1 - clipRatio), 1 + clipRatio), adv));
   const loss = maximum(unclipped, clipped); // ties go to the unclipped (ratio) path
-  const active = noGrad(() => elementwise("gt", [clipped, unclipped], "select(0.0, 1.0, b > a)"));
+  // a = clipped, b = unclipped: 1 where the clipped term is the larger loss, the one in force
+  const active = noGrad(() => elementwise("gt", [clipped, unclipped], "select(0.0, 1.0, a > b)"));
   return { loss, clipped: active, ratio };
 }
 
@@ -98,21 +101,24 @@ export function klK3(logp: Tensor, ref: Tensor): Tensor {
   return minScalar(maxScalar(addScalar(sub(exp(d), d), -1), -10), 10);
 }
 
-/** CPU reference (float64): the PPO-clip loss at one token and its derivative in logp. */
+/**
+ * CPU reference (float64): the PPO-clip loss at one token, its derivative in
+ * logp, and whether the clipped term is in force (1) or not (0).
+ */
 export function ppoClipReference(
   logp: number,
   old: number,
   adv: number,
   clipRatio: number,
-): { loss: number; dLogp: number } {
+): { loss: number; dLogp: number; clipped: number } {
   const ratio = Math.exp(logp - old);
   const c = Math.min(Math.max(ratio, 1 - clipRatio), 1 + clipRatio);
   const u = -ratio * adv;
   const k = -c * adv;
-  if (u >= k) return { loss: u, dLogp: -ratio * adv };
+  if (u >= k) return { loss: u, dLogp: -ratio * adv, clipped: 0 };
   // the clipped branch: constant in logp outside [1-eps, 1+eps]
   const inside = ratio > 1 - clipRatio && ratio < 1 + clipRatio;
-  return { loss: k, dLogp: inside ? -ratio * adv : 0 };
+  return { loss: k, dLogp: inside ? -ratio * adv : 0, clipped: 1 };
 }
 
 /** CPU reference (float64): k3 and its derivative in logp. */
@@ -149,7 +155,8 @@ export async function scorePositions(
           Tensor.from(batch.ids.slice(r0 * T, r1 * T), [r1 - r0, T], { dtype: "i32" }),
           { attentionMask: batch.mask.slice(r0 * T, r1 * T) },
         );
-        return model.headAt(hidden, local, (logits, from, to) => {
+        return model.headAt(hidden, local, (raw, from, to) => {
+          const logits = atTemperature(raw, batch.temperature); // softmax(z / T): what was sampled
           const t = Tensor.from(targets.slice(from, to), [to - from], { dtype: "i32" });
           const lp = keep(tokenLogProb(logits, t));
           const h = keep(entropy(logits));
@@ -193,6 +200,7 @@ export function emRlObjective(o: EmRlOptions, reference: CausalLM | null): Objec
       const r = await rollouts(ctx, encodePrompts(ctx, examples), o.nSamples);
       const batch = scoredBatch(packSequences(r.prompts, r.responses, ctx.pad));
       batch.sampledTokens = r.responses.reduce((s, x) => s + x.length, 0);
+      batch.temperature = ctx.temperature;
       const policy = await scorePositions(
         ctx.model,
         batch,

@@ -10,6 +10,7 @@
  */
 import type { CausalLM } from "../engine/model/causal_lm.ts";
 import type { Rng } from "../engine/random.ts";
+import { mulScalar } from "../engine/ops/mod.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { generate, leftPad } from "../infer/generate.ts";
 import { checkExampleFits, encodePrompt, type Example } from "./data.ts";
@@ -35,6 +36,11 @@ export interface StepBatch extends Batch {
   metrics: Record<string, number>;
   /** Tokens sampled by rollouts (0 when nothing was sampled). */
   sampledTokens: number;
+  /**
+   * The temperature T the responses were sampled at: losses, log-probs and
+   * entropies are of softmax(z / T), the distribution sampled from (EM_SPEC.md).
+   */
+  temperature: number;
 }
 
 /** The per-position view the loss gets: one chunk of scored positions. */
@@ -161,6 +167,7 @@ export function scoredBatch(batch: Batch): StepBatch {
     data: {},
     metrics: {},
     sampledTokens: 0,
+    temperature: 1,
   };
 }
 
@@ -180,6 +187,11 @@ export function encodePrompts(ctx: BatchContext, examples: Example[]): number[][
     }
     return p;
   });
+}
+
+/** Logits of the distribution sampled at temperature T: z / T (z itself at T = 1). */
+export function atTemperature(logits: Tensor, temperature: number): Tensor {
+  return temperature === 1 ? logits : mulScalar(logits, 1 / temperature);
 }
 
 /** `n` responses per prompt sampled from the model: the prompts repeated and the responses. */
