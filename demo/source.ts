@@ -3,7 +3,7 @@
  * never repeats a held-out one, resumable.
  * @module
  */
-import type { Example, ExampleSource } from "../train/data.ts";
+import type { DataRecord, Example, ExampleSource } from "../train/data.ts";
 import { DEMO_HELD_OUT, heldOutProblems, ProblemStream } from "./task.ts";
 
 /** Fresh demo problems that never repeat a held-out one. */
@@ -25,5 +25,9 @@ export class DemoSource implements ExampleSource {
 
   restore(s: Record<string, number>): void {
     this.#stream.rng.state = s.rng;
+  }
+
+  describe(): DataRecord {
+    return { source: "demo" };
   }
 }

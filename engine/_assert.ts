@@ -79,3 +79,12 @@ function checkError(
     );
   }
 }
+
+/** Throws unless `actual` contains `expected` (std's assertStringIncludes). */
+export function assertStringIncludes(actual: string, expected: string, msg?: string): void {
+  if (!actual.includes(expected)) {
+    throw new AssertionError(
+      `${msg ? msg + ": " : ""}expected to find ${JSON.stringify(expected)} in:\n${actual}`,
+    );
+  }
+}

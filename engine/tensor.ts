@@ -126,8 +126,7 @@ export class Tensor implements Disposable {
         }
       }
       bytes = new Uint8Array(Int32Array.from(data).buffer);
-    }
-    else {
+    } else {
       const half = new Uint16Array(data.length);
       for (let i = 0; i < data.length; i++) {
         half[i] = dtype === "bf16" ? f32ToBf16(data[i]) : f32ToF16(data[i]);

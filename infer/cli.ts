@@ -7,6 +7,7 @@
 import { is, numberFlag, parseArgs } from "@std/cli";
 import { initDeviceOrExplain } from "../engine/device.ts";
 import { loadModel } from "../engine/model/checkpoint.ts";
+import { checkEncodable } from "../engine/model/tokenizer.ts";
 import { generate, NonFiniteLogitsError } from "./generate.ts";
 import { EM_INF_DEFAULTS, emInfProcessor } from "./em_inf.ts";
 import type { Tensor } from "../engine/tensor.ts";
@@ -76,8 +77,7 @@ export async function main(args: string[]): Promise<number> {
     };
     const emInf = {
       lr: numberFlag(flags, "em-inf-lr", is.positive) ?? EM_INF_DEFAULTS.lr,
-      steps: numberFlag(flags, "em-inf-steps", is.nonNegativeInt) ??
-        EM_INF_DEFAULTS.steps,
+      steps: numberFlag(flags, "em-inf-steps", is.positiveInt) ?? EM_INF_DEFAULTS.steps,
       klWeight: numberFlag(flags, "em-inf-kl", is.nonNegative) ?? EM_INF_DEFAULTS.klWeight,
       threshold: numberFlag(flags, "em-inf-threshold", is.nonNegative) ??
         EM_INF_DEFAULTS.threshold,
@@ -89,6 +89,16 @@ export async function main(args: string[]): Promise<number> {
       )
     ) {
       throw new Error("--em-inf-* settings need --em-inf");
+    }
+    if (flags.greedy && ((options.temperature ?? 0) !== 0 || options.topP !== undefined)) {
+      throw new Error(
+        `--greedy takes the argmax: it contradicts --${
+          options.temperature !== undefined ? "temperature" : "top-p"
+        } (use --temperature 0 or drop --greedy)`,
+      );
+    }
+    if (flags.greedy && options.topK !== undefined) {
+      throw new Error("--greedy takes the argmax: it contradicts --top-k");
     }
     processor = flags["em-inf"] ? emInfProcessor(emInf) : undefined;
   } catch (e) {
@@ -125,6 +135,12 @@ export async function main(args: string[]): Promise<number> {
   const encoder = new TextEncoder();
   let printed = "";
   const ids: number[] = [];
+  try {
+    checkEncodable(tok, flags.prompt, "--prompt");
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    return 2;
+  }
   const promptIds = tok.encode(text);
   if (promptIds.length === 0) {
     console.error(`error: --prompt: the prompt encodes to no tokens`);

@@ -20,6 +20,8 @@ export const MATH_INSTRUCTION =
 export interface EvalProblem {
   problem: string;
   answer: string;
+  /** Where it came from (`FILE:LINE`), for errors. */
+  origin?: string;
 }
 
 export interface EvalOptions {

@@ -7,6 +7,7 @@ import { is, numberFlag, parseArgs } from "@std/cli";
 import { initDeviceOrExplain } from "../engine/device.ts";
 import { readJsonlRecords } from "../engine/jsonl.ts";
 import { loadModel } from "../engine/model/checkpoint.ts";
+import { checkEncodable } from "../engine/model/tokenizer.ts";
 import { DEMO_HELD_OUT, DEMO_MAX_NEW_TOKENS, DEMO_MODEL, heldOutProblems } from "../demo/task.ts";
 import type { AnswerFormat } from "./answer.ts";
 import { EM_INF_DEFAULTS } from "./em_inf.ts";
@@ -43,9 +44,10 @@ export async function readProblems(path: string): Promise<EvalProblem[]> {
     }
     return null;
   });
-  return records.map(({ value: o }) => ({
+  return records.map(({ value: o, origin }) => ({
     problem: o.problem as string,
     answer: String(o.answer),
+    origin,
   }));
 }
 
@@ -81,10 +83,19 @@ export async function main(args: string[]): Promise<number> {
       return 0;
     }
     const demo = flags.model === undefined && flags.data === undefined;
-    const methods =
-      (typeof flags.methods === "string" ? flags.methods.split(",") : [...METHODS]) as EvalMethod[];
+    const methods = (typeof flags.methods === "string"
+      ? flags.methods.split(",").map((m) =>
+        m.trim()
+      )
+      : [...METHODS]) as EvalMethod[];
     const bad = methods.find((m) => !METHODS.includes(m));
-    if (bad) throw new Error(`--methods: unknown method "${bad}" (${METHODS.join(", ")})`);
+    if (bad !== undefined) {
+      throw new Error(
+        `--methods: ${bad ? `unknown method "${bad}"` : "an empty name"} (${METHODS.join(", ")})`,
+      );
+    }
+    const twice = methods.find((m, i) => methods.indexOf(m) !== i);
+    if (twice) throw new Error(`--methods lists ${twice} twice`);
     const format = (flags.format ?? (demo ? "raw" : "boxed")) as AnswerFormat;
     if (format !== "boxed" && format !== "raw") {
       throw new Error(`--format must be boxed or raw, got "${format}"`);
@@ -103,7 +114,7 @@ export async function main(args: string[]): Promise<number> {
       seed: numberFlag(flags, "seed", is.int) ?? 0,
       emInf: {
         lr: numberFlag(flags, "em-inf-lr", is.positive) ?? EM_INF_DEFAULTS.lr,
-        steps: numberFlag(flags, "em-inf-steps", is.nonNegativeInt) ?? EM_INF_DEFAULTS.steps,
+        steps: numberFlag(flags, "em-inf-steps", is.positiveInt) ?? EM_INF_DEFAULTS.steps,
         klWeight: numberFlag(flags, "em-inf-kl", is.nonNegative) ?? EM_INF_DEFAULTS.klWeight,
         threshold: numberFlag(flags, "em-inf-threshold", is.nonNegative) ??
           EM_INF_DEFAULTS.threshold,
@@ -136,6 +147,22 @@ export async function main(args: string[]): Promise<number> {
     return 1;
   }
   problems = problems.slice(0, options.limit);
+  if (flags.chat && flags["no-chat"]) {
+    console.error("error: --chat and --no-chat contradict each other: pass one");
+    return 2;
+  }
+  if (flags.chat && !model.tokenizer!.hasChatTemplate) {
+    console.error(`error: --chat: ${model.sourceDir}/tokenizer_config.json has no chat_template`);
+    return 2;
+  }
+  try {
+    problems.forEach((p, i) =>
+      checkEncodable(model.tokenizer!, p.problem, p.origin ?? `problem ${i + 1}`)
+    );
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    return 1;
+  }
   const chat = flags["no-chat"]
     ? false
     : flags.chat === true || (!options.demo && model.tokenizer!.hasChatTemplate);

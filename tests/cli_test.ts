@@ -2,6 +2,7 @@ import { assert, assertEquals } from "@std/assert";
 import { runCli } from "./_cli.ts";
 
 const CLI = new URL("../train/cli.ts", import.meta.url).pathname;
+const [TRAIN, GENERATE, EVAL] = ["../train/cli.ts", "../infer/cli.ts", "../infer/eval_cli.ts"];
 const HF = new URL("./fixtures/hf/", import.meta.url).pathname;
 
 async function run(args: string[], env: Record<string, string> = {}) {
@@ -307,5 +308,158 @@ console.log("ids", r.tokens[0].length);`,
   const text = new TextDecoder();
   assertEquals(out.code, 0, text.decode(out.stderr));
   assert(text.decode(out.stdout).includes("ids 3"), text.decode(out.stdout));
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("everything checkable is refused before step 1, naming the flag, field or FILE:LINE", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cli_checks_" });
+  const demoModel = new URL("../demo/model", import.meta.url).pathname;
+  const data = `${dir}/d.jsonl`;
+  await Deno.writeTextFile(data, '{"prompt": "12+34=", "answer": "46"}\n');
+  const evalData = `${dir}/e.jsonl`;
+  await Deno.writeTextFile(evalData, '{"problem": "20+22=", "answer": "42"}\n');
+  const file = async (name: string, bytes: string | Uint8Array) => {
+    const path = `${dir}/${name}`;
+    if (typeof bytes === "string") await Deno.writeTextFile(path, bytes);
+    else await Deno.writeFile(path, bytes);
+    return path;
+  };
+  const enc = new TextEncoder();
+  const invalidUtf8 = new Uint8Array([
+    ...enc.encode('{"prompt": "1+1="}\n{"prompt": "'),
+    0xff,
+    0xfe,
+    ...enc.encode('"}\n'),
+  ]);
+  const badVocab = `${dir}/vocab`;
+  await Deno.mkdir(badVocab);
+  for await (const e of Deno.readDir(demoModel)) {
+    if (e.isFile) await Deno.copyFile(`${demoModel}/${e.name}`, `${badVocab}/${e.name}`);
+  }
+  const cfg = JSON.parse(await Deno.readTextFile(`${badVocab}/config.json`));
+  await Deno.writeTextFile(`${badVocab}/config.json`, JSON.stringify({ ...cfg, vocab_size: 10 }));
+  const user = (d: string, ...more: string[]) => [
+    "--model",
+    demoModel,
+    "--data",
+    d,
+    "--out",
+    `${dir}/o${Math.random()}`,
+    "--steps",
+    "1",
+    ...more,
+  ];
+  const cases: [string, string[], number, string][] = [
+    [
+      TRAIN,
+      ["--method", "em-rl", "--estimator", "grpo", "--n-samples", "1"],
+      2,
+      "--estimator grpo needs --n-samples >= 2",
+    ],
+    [
+      TRAIN,
+      ["--method", "em-rl", "--estimator", "reinforce", "--n-samples", "1", "--batch-size", "1"],
+      2,
+      "needs at least 2 rollouts per batch",
+    ],
+    [
+      TRAIN,
+      ["--method", "em-rl", "--batch-size", "4", "--ppo-mini-batch", "3"],
+      2,
+      "--ppo-mini-batch 3 does not divide --batch-size 4",
+    ],
+    [
+      TRAIN,
+      user(data, "--eval-every", "2"),
+      2,
+      "--eval-every evaluates on held-out problems: with --data, also pass --eval-data",
+    ],
+    [
+      TRAIN,
+      user(data, "--target-accuracy", "0.5"),
+      2,
+      "--target-accuracy evaluates on held-out problems",
+    ],
+    [
+      TRAIN,
+      ["--lora-rank", "200", "--out", `${dir}/lr`],
+      2,
+      "--lora-rank 200 exceeds the q projection's size (128 x 128)",
+    ],
+    [
+      TRAIN,
+      user(await file("long.jsonl", `{"prompt": "${"1+".repeat(30)}"}\n`), "--max-new-tokens", "5"),
+      1,
+      "long.jsonl:1: the prompt (60 tokens) plus --max-new-tokens 5 exceed the model's max_position_embeddings (64)",
+    ],
+    [
+      TRAIN,
+      user(data, "--chat"),
+      1,
+      "--chat: " + demoModel + "/tokenizer_config.json has no chat_template",
+    ],
+    [
+      TRAIN,
+      user(data).map((a) => a === demoModel ? badVocab : a),
+      1,
+      `${badVocab}/config.json: vocab_size is 10, but ${badVocab}/tokenizer.json has ids up to 14`,
+    ],
+    [TRAIN, user(await file("bad.jsonl", invalidUtf8)), 1, "bad.jsonl:2: not valid UTF-8"],
+    [
+      TRAIN,
+      user(await file("drop.jsonl", '{"prompt": "12a+3="}\n')),
+      1,
+      'drop.jsonl:1: the tokenizer cannot represent "a" (U+0061, character 3)',
+    ],
+    [
+      GENERATE,
+      ["--model", demoModel, "--prompt", "1+1=", "--greedy", "--temperature", "0.7"],
+      2,
+      "--greedy takes the argmax: it contradicts --temperature",
+    ],
+    [
+      GENERATE,
+      ["--model", demoModel, "--prompt", "1+1=", "--em-inf", "--em-inf-steps", "0"],
+      2,
+      "--em-inf-steps must be a positive integer",
+    ],
+    [
+      GENERATE,
+      ["--model", demoModel, "--prompt", "1a+1="],
+      2,
+      '--prompt: the tokenizer cannot represent "a"',
+    ],
+    [EVAL, ["--methods", ""], 2, "--methods: an empty name"],
+    [EVAL, ["--methods", "greedy,sample,greedy"], 2, "--methods lists greedy twice"],
+    [EVAL, ["--em-inf-steps", "0"], 2, "--em-inf-steps must be a positive integer"],
+    [EVAL, ["--chat", "--limit", "2"], 2, "--chat: "],
+  ];
+  for (const [module, args, code, message] of cases) {
+    const r = await runCli(module, args);
+    assertEquals(r.code, code, `${args}: ${r.stdout} ${r.stderr}`);
+    assert(r.stderr.includes(message), `${args}: ${r.stderr}`);
+    assert(!r.stderr.includes("    at "), `no stack trace: ${r.stderr}`);
+  }
+  // legitimate but surprising: a warning; a BOM is fine; --eval-data evaluates any data
+  const sft = await runCli(TRAIN, ["--method", "sft", "--temperature", "0.5", "--dry-run"]);
+  assertEquals(sft.code, 0, sft.stderr);
+  assert(
+    sft.stderr.includes("warning: --method sft samples nothing: --temperature ignored"),
+    sft.stderr,
+  );
+  const bom = await file("bom.jsonl", "\uFEFF" + '{"prompt": "12+34=", "answer": "46"}\n');
+  const r = await runCli(TRAIN, [
+    ...user(bom, "--steps", "2", "--max-new-tokens", "5"),
+    "--eval-data",
+    evalData,
+    "--eval-every",
+    "1",
+    "--batch-size",
+    "2",
+    "--n-samples",
+    "2",
+  ]);
+  assertEquals(r.code, 0, r.stderr);
+  assert(/eval @ step 1: greedyAccuracy \d/.test(r.stdout), r.stdout);
   await Deno.remove(dir, { recursive: true });
 });

@@ -64,16 +64,22 @@ Sampling and evaluation:
   --top-p P                sampling nucleus mass (default 1)
   --chat                   render prompts with the model's chat template
   --seed N                 random seed (default 0)
-  --eval-every N           evaluate every N steps (demo task; default 0 = start and end only)
+  --eval-data FILE.jsonl   held-out {"prompt" (or "problem"), "answer"} lines to evaluate on
+                           (greedy accuracy; the demo uses its own validation problems)
+  --eval-every N           evaluate every N steps (default 0 = start and end only)
   --save-every N           checkpoint every N steps (default 0 = at the end)
-  --target-accuracy X      demo task: stop once greedy accuracy on the validation set reaches X
+  --target-accuracy X      stop once greedy validation accuracy reaches X
   --stop-on-collapse F     with --eval-every: stop once validation accuracy falls below F x its best
-  --resume                 continue from OUT/checkpoint with its optimizer state
+  --resume                 continue the run in OUT as it was recorded (OUT/checkpoint); only
+                           --steps, --save-every, --eval-every, --eval-data, --target-accuracy,
+                           --stop-on-collapse, --micro-batch and --recompute may differ
   --overwrite              replace the run already in OUT (its metrics, checkpoint/ and best/)
   --no-weight-check        skip the NaN/Inf check of the weights at load (one GPU pass over them)
   --help                   this text
 
-An OUT that already holds a run is refused unless --resume or --overwrite is given.`;
+An OUT that already holds a run is refused unless --resume or --overwrite is given; one trainer
+at a time writes to an OUT (OUT/.lock). Ctrl-C (SIGINT) or SIGTERM finishes the current step,
+saves a checkpoint and exits with status 130; a second signal exits at once.`;
 
 /** Flags only EM-RL reads (refused without --method em-rl). */
 const EM_RL_FLAGS = [
@@ -109,6 +115,7 @@ const STRING_FLAGS = [
   "save-every",
   "target-accuracy",
   "stop-on-collapse",
+  "eval-data",
   ...EM_RL_FLAGS,
   "lora-rank",
   "lora-alpha",
@@ -132,10 +139,14 @@ function stamp(): string {
   return new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
 }
 
-/** Parses flags into options; throws naming the flag. `demo`: no --model and no --data. */
+/**
+ * Parses flags into options; throws naming the flag. `demo`: no --model and
+ * no --data. With --resume the checks between flags are left to the record
+ * (cli_resume.ts). `warnings`: legitimate but surprising combinations.
+ */
 export function parseTrainFlags(
   args: string[],
-): { options: TrainOptions; flags: ParsedArgs; demo: boolean } {
+): { options: TrainOptions; flags: ParsedArgs; demo: boolean; warnings: string[] } {
   const flags = parseArgs(args, { string: STRING_FLAGS, boolean: BOOLEAN_FLAGS });
   const demo = flags.model === undefined && flags.data === undefined;
   const choice = <T extends string>(flag: string, allowed: readonly T[], fallback: T): T => {
@@ -153,8 +164,9 @@ export function parseTrainFlags(
     ...DEFAULTS,
     ...(demo ? { ...DEMO_DEFAULTS, steps: DEMO_STEPS[method] ?? DEMO_DEFAULTS.steps } : {}),
   };
+  const resume = flags.resume === true;
   const stray = EM_RL_FLAGS.find((f) => flags[f] !== undefined);
-  if (method !== "em-rl" && stray) {
+  if (method !== "em-rl" && stray && !resume) {
     throw new Error(`--${stray} is an EM-RL flag: add --method em-rl`);
   }
   const rank = numberFlag(flags, "lora-rank", is.nonNegativeInt) ?? 0;
@@ -195,17 +207,7 @@ export function parseTrainFlags(
     ppoMiniBatch: numberFlag(flags, "ppo-mini-batch", is.nonNegativeInt) ?? base.ppoMiniBatch,
     klCoef: numberFlag(flags, "kl-coef", is.nonNegative) ?? base.klCoef,
   };
-  const problem = METHODS[method].problem?.(options, options.batchSize);
-  if (problem) throw new Error(problem);
-  if (rank === 0 && (flags["lora-alpha"] !== undefined || flags["lora-targets"] !== undefined)) {
-    throw new Error("--lora-alpha and --lora-targets need --lora-rank R");
-  }
-  if (flags.merge && rank === 0 && !flags.resume) {
-    throw new Error("--merge folds LoRA adapters into the weights: it needs --lora-rank R");
-  }
-  if (options.stopOnCollapse > 0 && options.evalEvery === 0) {
-    throw new Error("--stop-on-collapse needs --eval-every N (it watches validation accuracy)");
-  }
+  const warnings: string[] = [];
   if (flags.resume && typeof flags.out !== "string") {
     throw new Error("--resume needs --out DIR (the run to continue)");
   }
@@ -216,5 +218,33 @@ export function parseTrainFlags(
     throw new Error("--resume continues from OUT/checkpoint; --model is not used with it");
   }
   numberFlag(flags, "target-accuracy", is.fraction);
-  return { options, flags, demo };
+  if (resume) return { options, flags, demo, warnings }; // the record decides the rest
+  const problem = METHODS[method].problem?.(options, options.batchSize);
+  if (problem) throw new Error(problem);
+  if (rank === 0 && (flags["lora-alpha"] !== undefined || flags["lora-targets"] !== undefined)) {
+    throw new Error("--lora-alpha and --lora-targets need --lora-rank R");
+  }
+  if (flags.merge && rank === 0) {
+    throw new Error("--merge folds LoRA adapters into the weights: it needs --lora-rank R");
+  }
+  if (options.stopOnCollapse > 0 && options.evalEvery === 0) {
+    throw new Error("--stop-on-collapse needs --eval-every N (it watches validation accuracy)");
+  }
+  const evaluates = ["eval-every", "stop-on-collapse", "target-accuracy"]
+    .find((f) => flags[f] !== undefined && flags[f] !== "0");
+  if (evaluates && flags.data !== undefined && flags["eval-data"] === undefined) {
+    throw new Error(
+      `--${evaluates} evaluates on held-out problems: with --data, also pass --eval-data FILE.jsonl (problems with answers)`,
+    );
+  }
+  if (!METHODS[method].samples) {
+    const unused = ["n-samples", "temperature", "top-p"]
+      .filter((f) => flags[f] !== undefined);
+    if (unused.length) {
+      warnings.push(
+        `--method ${method} samples nothing: ${unused.map((f) => `--${f}`).join(", ")} ignored`,
+      );
+    }
+  }
+  return { options, flags, demo, warnings };
 }

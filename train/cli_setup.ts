@@ -1,27 +1,41 @@
 /**
  * What `deno task train` loads before step 1: the model (or a resumed run's
- * checkpoint: the full model, or LoRA adapters on the base they name), and
- * the data (the demo generator, or a JSONL file whose every line is checked
- * against the model first).
+ * checkpoint: the full model, or LoRA adapters on the base they name; a PEFT
+ * adapter directory as --model trains those adapters), and the data (the
+ * demo generator, or a JSONL file whose every line is checked against the
+ * model first), each problem a one-line error naming the file and line.
  * @module
  */
 import { recoverDirectory } from "../engine/atomic.ts";
 import type { CausalLM } from "../engine/model/causal_lm.ts";
 import { loadModel } from "../engine/model/checkpoint.ts";
+import { type DecoderConfig, linearShapes } from "../engine/model/config.ts";
 import { LoraAdapters } from "../engine/model/lora.ts";
 import { exists } from "../engine/paths.ts";
 import { DemoSource } from "../demo/source.ts";
 import { DEMO_MODEL, DEMO_VOCAB } from "../demo/task.ts";
 import {
+  checkEncodable,
   checkExampleFits,
   encodePrompt,
   type ExampleSource,
-  readJsonl,
+  readExamples,
   ShuffledSource,
 } from "./data.ts";
 import { METHODS } from "./methods.ts";
 import type { TrainOptions } from "./options.ts";
-import { CHECKPOINT, readRunState } from "./run_state.ts";
+import { CHECKPOINT } from "./run_state.ts";
+
+/** Why LoRA of rank `rank` cannot adapt these targets (a rank above a layer's size), or null. */
+export function loraProblem(config: DecoderConfig, o: TrainOptions): string | null {
+  if (o.loraRank === 0) return null;
+  const shapes = linearShapes(config);
+  const small = o.loraTargets.find((t) => o.loraRank > Math.min(...shapes[t]));
+  if (small === undefined) return null;
+  return `--lora-rank ${o.loraRank} exceeds the ${small} projection's size (${
+    shapes[small].join(" x ")
+  }): a rank above min(out, in) adds nothing; use at most ${Math.min(...shapes[small])}`;
+}
 
 /** The model to train: `modelDir`, or with `resume` the run's checkpoint; LoRA adapters attached. */
 export async function loadRunModel(
@@ -39,19 +53,20 @@ export async function loadRunModel(
       );
     }
   }
-  const modelDir = from.resume ? checkpointDir : from.modelDir ?? DEMO_MODEL;
-  // a resumed LoRA run's checkpoint holds adapters; its base is named in trainer_state.json
-  const adapterDir = from.resume && await exists(`${checkpointDir}/adapter_config.json`)
-    ? checkpointDir
-    : null;
-  const baseDir = adapterDir ? (await readRunState(checkpointDir)).loraBase : modelDir;
-  if (!baseDir) throw new Error(`${checkpointDir}/trainer_state.json: no loraBase recorded`);
-  const lora = adapterDir !== null || o.loraRank > 0;
+  const dir = from.resume ? checkpointDir : from.modelDir ?? DEMO_MODEL;
+  // a PEFT adapter directory (a LoRA run's checkpoint, or --model ADAPTER) loads its base frozen
+  const isAdapter = !await exists(`${dir}/config.json`) &&
+    await exists(`${dir}/adapter_config.json`);
+  if (isAdapter && !from.resume && o.loraRank > 0) {
+    throw new Error(
+      `--model ${dir} is a LoRA adapter: it trains as it is; drop --lora-rank (or give --model its base to start new adapters)`,
+    );
+  }
+  const lora = isAdapter || o.loraRank > 0;
   // with LoRA the base stays frozen in its stored precision
-  const model = await loadModel(baseDir, { trainable: !lora, checkFinite: from.checkFinite });
+  const model = await loadModel(dir, { trainable: !lora, checkFinite: from.checkFinite });
   try {
-    if (adapterDir) model.setAdapters(await LoraAdapters.load(adapterDir, model.config));
-    else if (lora) {
+    if (!isAdapter && lora) {
       model.setAdapters(LoraAdapters.create(model.config, {
         rank: o.loraRank,
         alpha: o.loraAlpha,
@@ -60,7 +75,10 @@ export async function loadRunModel(
       }));
     }
     if (!model.tokenizer) {
-      throw new Error(`${modelDir}/tokenizer.json not found: training needs the model's tokenizer`);
+      throw new Error(`${dir}/tokenizer.json not found: training needs the model's tokenizer`);
+    }
+    if (o.chat && !model.tokenizer.hasChatTemplate) {
+      throw new Error(`--chat: ${model.sourceDir}/tokenizer_config.json has no chat_template`);
     }
   } catch (e) {
     model.dispose();
@@ -69,7 +87,11 @@ export async function loadRunModel(
   return model;
 }
 
-/** The run's examples: the demo generator, or `dataFile` checked line by line against the model. */
+/**
+ * The run's examples: the demo generator, or `dataFile` checked line by line
+ * against the model: encodable, and prompt (plus answer for SFT, plus
+ * --max-new-tokens when sampling) within max_position_embeddings.
+ */
 export async function loadRunData(
   model: CausalLM,
   o: TrainOptions,
@@ -83,15 +105,23 @@ export async function loadRunData(
     }
     return new DemoSource(o.seed);
   }
-  const examples = await readJsonl(dataFile, {
+  const { examples, sha256 } = await readExamples(dataFile, {
     requireAnswer: METHODS[o.method].answersNeeded(o) ?? undefined,
   });
   // every line must fit the model before the first step, not fail at step 40
   const tok = model.tokenizer!;
+  const samples = METHODS[o.method].samples;
+  const max = model.config.maxPositionEmbeddings;
   for (const e of examples) {
+    checkEncodable(tok, e.prompt, e.origin!);
+    if (!samples) checkEncodable(tok, e.answer ?? "", e.origin!);
     const ids = encodePrompt(tok, e.prompt, o.chat);
-    const answer = METHODS[o.method].samples ? 0 : tok.encode(e.answer ?? "").length + 1;
-    checkExampleFits(e, ids, answer, model.config.maxPositionEmbeddings);
+    checkExampleFits(e, ids, samples ? 0 : tok.encode(e.answer ?? "").length + 1, max);
+    if (samples && ids.length + o.maxNewTokens > max) {
+      throw new Error(
+        `${e.origin}: the prompt (${ids.length} tokens) plus --max-new-tokens ${o.maxNewTokens} exceed the model's max_position_embeddings (${max})`,
+      );
+    }
   }
-  return new ShuffledSource(dataFile, examples, o.seed);
+  return new ShuffledSource(dataFile, examples, o.seed, sha256);
 }

@@ -5,9 +5,11 @@
  * The demo's generator (demo/source.ts) is another ExampleSource.
  * @module
  */
-import { readJsonlRecords } from "../engine/jsonl.ts";
+import { readJsonlFile } from "../engine/jsonl.ts";
 import { Rng } from "../engine/random.ts";
-import type { QwenTokenizer } from "../engine/model/tokenizer.ts";
+import { checkEncodable, type QwenTokenizer } from "../engine/model/tokenizer.ts";
+
+export { checkEncodable };
 
 /** One training example; `answer` is used by SFT and by evaluation only. */
 export interface Example {
@@ -17,6 +19,15 @@ export interface Example {
   origin?: string;
 }
 
+/** What a run records of its data, to resume from the same examples. */
+export interface DataRecord {
+  /** "demo", or the JSONL file's path. */
+  source: string;
+  /** The file's SHA-256, so that a changed file is refused on resume. */
+  sha256?: string;
+  examples?: number;
+}
+
 /** A resumable stream of examples. */
 export interface ExampleSource {
   readonly name: string;
@@ -24,6 +35,8 @@ export interface ExampleSource {
   /** Serializable position in the stream. */
   state(): Record<string, number>;
   restore(state: Record<string, number>): void;
+  /** What a checkpoint records of the data. */
+  describe?(): DataRecord;
 }
 
 /**
@@ -35,7 +48,15 @@ export async function readJsonl(
   path: string,
   options: { requireAnswer?: string } = {},
 ): Promise<Example[]> {
-  const records = await readJsonlRecords(path, (o) => {
+  return (await readExamples(path, options)).examples;
+}
+
+/** `readJsonl` with the file's SHA-256 (for ShuffledSource's record). */
+export async function readExamples(
+  path: string,
+  options: { requireAnswer?: string } = {},
+): Promise<{ examples: Example[]; sha256: string }> {
+  const { records, sha256 } = await readJsonlFile(path, (o) => {
     if (typeof o.prompt !== "string" || !o.prompt) return `"prompt" must be a non-empty string`;
     if (o.answer !== undefined && typeof o.answer !== "string" && typeof o.answer !== "number") {
       return `"answer" must be a string or number`;
@@ -45,11 +66,12 @@ export async function readJsonl(
     }
     return null;
   });
-  return records.map(({ value: o, origin }) => ({
+  const examples = records.map(({ value: o, origin }) => ({
     prompt: o.prompt as string,
     answer: o.answer === undefined ? undefined : String(o.answer),
     origin,
   }));
+  return { examples, sha256 };
 }
 
 /** Cycles through examples in a seeded shuffled order, reshuffling every epoch. */
@@ -60,12 +82,19 @@ export class ShuffledSource implements ExampleSource {
   #pos = 0;
   #epoch = 0;
   #seed: number;
+  #sha256: string | undefined;
 
-  constructor(name: string, examples: Example[], seed: number) {
+  /** `name`: the file they came from; `sha256`: its digest, recorded with checkpoints. */
+  constructor(name: string, examples: Example[], seed: number, sha256?: string) {
     this.name = name;
     this.#examples = examples;
     this.#seed = seed;
+    this.#sha256 = sha256;
     this.#shuffle();
+  }
+
+  describe(): DataRecord {
+    return { source: this.name, sha256: this.#sha256, examples: this.#examples.length };
   }
 
   #shuffle(): void {

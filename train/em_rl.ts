@@ -279,7 +279,12 @@ export const emRl: Method<EmRlOptions> = {
   summary: "policy gradient (PPO clip, k3 KL to the initial model) rewarded by --reward",
   samples: true,
   answersNeeded: (o) => REWARDS[o.reward].needsAnswer ? `--reward ${o.reward}` : null,
-  problem: (o, batchSize) => estimatorProblem(o.estimator, o.nSamples, batchSize * o.nSamples),
+  problem: (o, batchSize) => {
+    if (o.ppoMiniBatch > 0 && batchSize % o.ppoMiniBatch !== 0) {
+      return `--ppo-mini-batch ${o.ppoMiniBatch} does not divide --batch-size ${batchSize}: every PPO update must hold the same number of prompts`;
+    }
+    return estimatorProblem(o.estimator, o.nSamples, batchSize * o.nSamples);
+  },
   async objective({ model, options: o, initialModelDir, resumed }) {
     let reference: CausalLM | null = null;
     let owned = false;

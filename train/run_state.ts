@@ -13,6 +13,7 @@ import {
 import type { CausalLM } from "../engine/model/causal_lm.ts";
 import { saveModel } from "../engine/model/checkpoint.ts";
 import type { AdamW } from "../engine/optim.ts";
+import type { DataRecord } from "./data.ts";
 import type { TrainOptions } from "./options.ts";
 
 /** Where a run keeps its latest checkpoint and its best one, inside its output directory. */
@@ -40,6 +41,10 @@ export interface RunState {
   referenceDir: string | null;
   /** With LoRA: the base model the adapters adapt. */
   loraBase: string | null;
+  /** The data it trains on (a file with its digest, or the demo). */
+  data?: DataRecord;
+  /** What else the caller recorded of the run (the CLI: its evaluation settings). */
+  record?: Record<string, unknown>;
 }
 
 /** Reads `dir/trainer_state.json`; errors name the file. */
@@ -51,11 +56,24 @@ export async function readRunState(dir: string): Promise<RunState> {
   } catch (e) {
     throw new Error(`${path}: cannot read (${(e as Error).message})`);
   }
+  let state: RunState;
   try {
-    return JSON.parse(text);
+    state = JSON.parse(text);
   } catch (e) {
     throw new Error(`${path}: not valid JSON (${(e as Error).message}); the file is damaged`);
   }
+  const damaged = (field: string, what: string) =>
+    new Error(`${path}: "${field}" is missing or not ${what}; the file is damaged`);
+  if (!state || typeof state !== "object") throw damaged("step", "an object");
+  const count = (v: unknown) => Number.isInteger(v) && (v as number) >= 0;
+  if (!count(state.step)) throw damaged("step", "an integer >= 0");
+  if (!count(state.optimizerStep)) throw damaged("optimizerStep", "an integer >= 0");
+  if (typeof state.sampleRng !== "number") throw damaged("sampleRng", "a number");
+  if (!state.source || typeof state.source !== "object") throw damaged("source", "an object");
+  if (!state.options || typeof state.options !== "object" || !state.options.method) {
+    throw damaged("options", "the run's options");
+  }
+  return state;
 }
 
 /**
@@ -73,22 +91,39 @@ export async function saveCheckpoint(
     await writeJson(`${tmp}/trainer_state.json`, run.state);
   };
   const adapters = run.model.adapters;
-  if (!adapters) {
-    await saveModel(run.model, dir, {
-      metadata: { step: String(run.state.step), method: run.state.options.method },
-      replaceSource: run.replaceSource,
-      extra,
-    });
-    return;
-  }
-  const tmp = await tempDirectoryBeside(dir);
   try {
-    await adapters.save(tmp, run.state.loraBase);
-    await extra(tmp);
-    await replaceDirectory(tmp, dir);
+    if (!adapters) {
+      await saveModel(run.model, dir, {
+        metadata: { step: String(run.state.step), method: run.state.options.method },
+        replaceSource: run.replaceSource,
+        extra,
+      });
+      return;
+    }
+    const tmp = await tempDirectoryBeside(dir);
+    try {
+      await adapters.save(tmp, run.state.loraBase);
+      await extra(tmp);
+      await replaceDirectory(tmp, dir);
+    } catch (e) {
+      await Deno.remove(tmp, { recursive: true }).catch(() => {});
+      throw e;
+    }
   } catch (e) {
-    await Deno.remove(tmp, { recursive: true }).catch(() => {});
-    throw e;
+    // disk full, permissions: the previous checkpoint is intact (saves swap in complete directories)
+    throw new SaveError(
+      `could not save the checkpoint at step ${run.state.step} to ${dir}: ${
+        (e as Error).message
+      }. The previous checkpoint there is intact`,
+    );
+  }
+}
+
+/** A checkpoint could not be written; the message names the path and the cause. */
+export class SaveError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "SaveError";
   }
 }
 
@@ -123,7 +158,11 @@ export async function truncateMetrics(path: string, step: number): Promise<void>
 
 /** Appends one JSON record to a JSONL file. */
 export async function appendJsonl(path: string, value: unknown): Promise<void> {
-  await Deno.writeTextFile(path, JSON.stringify(value) + "\n", { append: true });
+  try {
+    await Deno.writeTextFile(path, JSON.stringify(value) + "\n", { append: true });
+  } catch (e) {
+    throw new Error(`${path}: cannot write (${(e as Error).message})`);
+  }
 }
 
 async function writeJson(path: string, value: unknown): Promise<void> {

@@ -60,6 +60,10 @@ export interface TrainHooks {
   beforeStep?: (step: number, model: CausalLM) => void | Promise<void>;
   /** Train with this objective instead of the one `method` names (a library user's own). */
   objective?: Objective;
+  /** Asked after each step: true saves a checkpoint and returns (an interrupt). */
+  shouldStop?: () => boolean;
+  /** Saved with each checkpoint in trainer_state.json's `record` (the CLI's own settings). */
+  record?: Record<string, unknown>;
 }
 
 /** Thrown when the loss or gradient stops being finite; the last good checkpoint is kept. */
@@ -76,6 +80,8 @@ export interface TrainResult {
   evaluations: { step: number; metrics: Record<string, number> }[];
   checkpoint: string | null;
   best: Best | null;
+  /** `shouldStop` ended the run early (its checkpoint is saved). */
+  interrupted: boolean;
 }
 
 /** Trains `model` in place. With `resumeFrom`, optimizer and trainer state are restored from that checkpoint. */
@@ -136,6 +142,8 @@ export async function train(
         best,
         referenceDir: initialModelDir,
         loraBase,
+        data: source.describe?.(),
+        record: hooks.record,
       },
       // a resumed run's model comes from its own checkpoint, which it may replace (atomically)
       replaceSource: resumeFrom !== null && dir === `${o.outDir}/${CHECKPOINT}`,
@@ -170,6 +178,7 @@ export async function train(
   if (start === 0) await runEval(0);
   const t0 = performance.now();
   let last = start;
+  let interrupted = false;
   try {
     for (let step = start + 1; step <= o.steps; step++) {
       await hooks.beforeStep?.(step, model);
@@ -238,9 +247,13 @@ export async function train(
         log(`step ${step}: the evaluation target is reached; stopping early`);
         break;
       }
+      if (step < o.steps && hooks.shouldStop?.()) {
+        interrupted = true;
+        break;
+      }
     }
     if (last > start) {
-      if (last === o.steps) await runEval(last);
+      if (last === o.steps && !interrupted) await runEval(last);
       checkpoint = `${o.outDir}/${CHECKPOINT}`;
       await save(checkpoint, last);
     }
@@ -248,7 +261,7 @@ export async function train(
     opt.dispose();
     objective.dispose?.();
   }
-  return { lastStep: last, history, evaluations, checkpoint, best };
+  return { lastStep: last, history, evaluations, checkpoint, best, interrupted };
 }
 
 /** What an objective may use to make a step's batch. */

@@ -17,7 +17,7 @@ import { tensorFromRaw, tensorToRaw } from "../tensor_io.ts";
 import type { CausalLM, GenerationDefaults, Parameter } from "./causal_lm.ts";
 import { ConfigError, type DecoderConfig, decoderParameters, tokenIdList } from "./config.ts";
 import { DecoderLM } from "./decoder.ts";
-import type { Adapter } from "./lora.ts";
+import { type Adapter, LoraAdapters } from "./lora.ts";
 import { isQwenConfig, parseQwenConfig } from "./qwen.ts";
 import { Checkpoint } from "./shards.ts";
 import { loadTokenizer, type QwenTokenizer } from "./tokenizer.ts";
@@ -127,15 +127,65 @@ async function readJsonIfPresent(
 }
 
 /**
+ * The base model a PEFT adapter directory names (adapter_config.json's
+ * base_model_name_or_path), as a local directory: the path as given, or
+ * relative to the adapter directory.
+ */
+export async function adapterBase(dir: string): Promise<string> {
+  const path = `${dir}/adapter_config.json`;
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    throw new Error(`${path}: cannot read (${(e as Error).message})`);
+  }
+  const base = raw.base_model_name_or_path;
+  if (typeof base !== "string" || !base) {
+    throw new Error(`${path}: base_model_name_or_path is missing: it names the model to adapt`);
+  }
+  const candidates = base.startsWith("/") ? [base] : [base, `${dir}/${base}`];
+  for (const c of candidates) if (await exists(`${c}/config.json`)) return c;
+  throw new Error(
+    `${path}: base_model_name_or_path "${base}" is not a checkpoint directory here (no config.json in ${
+      candidates.join(" or ")
+    }); download the base model and set the field to its path`,
+  );
+}
+
+/**
  * Loads a Hugging Face Qwen2/Qwen2.5/Qwen3 checkpoint directory: config.json,
  * model.safetensors (or shards), and when present tokenizer.json,
- * tokenizer_config.json and generation_config.json.
+ * tokenizer_config.json and generation_config.json. A PEFT LoRA adapter
+ * directory (adapter_config.json, no config.json) loads the base it names,
+ * frozen in its stored precision, with the adapters attached (trainable), as
+ * `AutoPeftModelForCausalLM` does.
  */
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<CausalLM> {
   await initDevice();
   // a save interrupted between its renames leaves the directory recoverable
   if (!await exists(dir)) await recoverDirectory(dir);
+  if (!await exists(`${dir}/config.json`) && await exists(`${dir}/adapter_config.json`)) {
+    const model = await loadModel(await adapterBase(dir), { ...options, trainable: false });
+    try {
+      model.setAdapters(await LoraAdapters.load(dir, model.config));
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+    return model;
+  }
   const config = await readConfig(dir);
+  const gen = await readJsonIfPresent(dir, "generation_config.json");
+  let tokenizer: QwenTokenizer | null = null;
+  if (await exists(`${dir}/tokenizer.json`)) tokenizer = await loadTokenizer(dir);
+  if (tokenizer && tokenizer.vocabSize > config.vocabSize) {
+    throw new ConfigError(
+      `${dir}/config.json`,
+      `vocab_size is ${config.vocabSize}, but ${dir}/tokenizer.json has ids up to ${
+        tokenizer.vocabSize - 1
+      }: the tokenizer belongs to another model`,
+    );
+  }
   const toF32 = options.trainable || options.dtype === "f32";
   const ckpt = await Checkpoint.open(dir);
   const parameters: Parameter[] = [];
@@ -170,14 +220,6 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     throw e;
   } finally {
     ckpt.close();
-  }
-  const gen = await readJsonIfPresent(dir, "generation_config.json");
-  let tokenizer: QwenTokenizer | null = null;
-  try {
-    await Deno.stat(`${dir}/tokenizer.json`);
-    tokenizer = await loadTokenizer(dir);
-  } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
   const eos = [
     ...new Set([

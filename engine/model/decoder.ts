@@ -393,8 +393,10 @@ export class DecoderLM implements CausalLM {
     return new KVCache(this.config, batch, maxLength);
   }
 
+  /** Releases the weights and any attached adapters. */
   dispose(): void {
     this.tensors().forEach((t) => t.dispose());
+    this.#adapters?.dispose();
   }
 }
 

@@ -148,3 +148,24 @@ export async function loadTokenizer(dir: string): Promise<QwenTokenizer> {
   const config = await read("tokenizer_config.json", false);
   return new QwenTokenizer(json, config, dir);
 }
+
+/**
+ * Throws naming `origin` when the tokenizer cannot represent part of `text`
+ * (it would be dropped silently): the first such character and its position.
+ * Unicode normalisation (NFC) the tokenizer applies is not a loss.
+ */
+export function checkEncodable(tok: QwenTokenizer, text: string, origin: string): void {
+  const back = tok.decode(tok.encode(text));
+  if (back === text || back === text.normalize("NFC")) return;
+  const chars = [...text.normalize("NFC")];
+  const kept = [...back];
+  let i = 0;
+  while (i < chars.length && chars[i] === kept[i]) i++;
+  const c = chars[i] ?? "";
+  const code = c.codePointAt(0)?.toString(16).toUpperCase().padStart(4, "0") ?? "";
+  throw new Error(
+    `${origin}: the tokenizer cannot represent ${JSON.stringify(c)} (U+${code}, character ${
+      i + 1
+    }); it would be dropped. Remove it or use the model's own vocabulary`,
+  );
+}
