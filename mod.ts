@@ -180,5 +180,31 @@ export {
   type EvalProblem,
   evaluate,
   MATH_INSTRUCTION,
+  type MethodSummary,
+  scoreResponses,
   summaryTable,
 } from "./infer/eval.ts";
+export { type Score, type ScoreOptions, type Task, type TaskName, TASKS } from "./infer/tasks.ts";
+export {
+  type CodeProblem,
+  type CodeResult,
+  extractProgram,
+  normalizeOutput,
+  passAtK,
+  scoreCode,
+  type Verdict,
+} from "./infer/code.ts";
+export {
+  DEFAULT_LIMITS,
+  type Program,
+  type RunResult,
+  runSandboxed,
+  type SandboxLimits,
+} from "./infer/sandbox.ts";
+export {
+  choiceLetter,
+  extractScienceAnswer,
+  parseQuantity,
+  type Quantity,
+  scienceMatch,
+} from "./infer/science.ts";

@@ -109,7 +109,7 @@ Deno.test("two trainers started together on one --out: one runs, the other is re
   // a lock left by a process that is gone (the winner, now exited) is taken over
   await Deno.writeTextFile(
     `${out}/.lock`,
-    JSON.stringify({ pid: winner.child.pid, host: Deno.hostname(), started: 1 }),
+    JSON.stringify({ pid: winner.child.pid, host: Deno.hostname(), started: null }),
   );
   const r = await train("--resume", "--out", out, "--steps", "3");
   assertEquals(r.code, 0, r.stderr);
@@ -152,31 +152,43 @@ for (const signal of ["SIGINT", "SIGKILL"] as const) {
   });
 }
 
-Deno.test("a checkpoint that cannot be written (disk full) is one line naming the path and cause; the previous one stays", async () => {
-  const { dir, data } = await workspace("lifecycle_enospc_");
-  // a 14 MB tmpfs (bubblewrap): the step-1 checkpoint fits (9.5 MB), the swap to step 2 does not
-  const small14 = `${dir}/small`;
-  await Deno.mkdir(small14);
-  const out = `${small14}/run`;
-  const script = `"${Deno.execPath()}" run -A ${new URL(TRAIN, import.meta.url).pathname} ${
-    small(data, out, "--steps", "3", "--save-every", "1").join(" ")
-  }; echo "exit=$?"; grep '"step"' ${out}/checkpoint/trainer_state.json; ls ${out}`;
-  const r = await new Deno.Command("bwrap", {
-    args: ["--dev-bind", "/", "/", "--size", "14000000", "--tmpfs", small14, "sh", "-c", script],
-    env: { XDG_RUNTIME_DIR: "/tmp" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const [stdout, stderr] = [r.stdout, r.stderr].map((b) => new TextDecoder().decode(b));
-  assertStringIncludes(stdout, "exit=1");
-  const errors = stderr.split("\n").filter((l) => l.startsWith("error:"));
-  assertEquals(errors.length, 1, stderr);
-  assertStringIncludes(errors[0], `could not save the checkpoint at step 2 to ${out}/checkpoint`);
-  assertStringIncludes(errors[0], "No space left on device");
-  assert(!stderr.includes("    at "), `no stack trace: ${stderr}`);
-  assertStringIncludes(stdout, '"step": 1,', "the step-1 checkpoint is intact");
-  assert(!/checkpoint\.(tmp|new|old)-/.test(stdout), `no leftovers: ${stdout}`);
-  await Deno.remove(dir, { recursive: true });
+Deno.test({
+  name:
+    "a checkpoint that cannot be written (disk full) is one line naming the path and cause; the previous one stays",
+  // a small tmpfs is mounted with bubblewrap, which CI installs
+  ignore: !["/usr/bin/bwrap", "/bin/bwrap"].some((p) => {
+    try {
+      return Deno.statSync(p).isFile;
+    } catch {
+      return false;
+    }
+  }),
+  fn: async () => {
+    const { dir, data } = await workspace("lifecycle_enospc_");
+    // a 14 MB tmpfs (bubblewrap): the step-1 checkpoint fits (9.5 MB), the swap to step 2 does not
+    const small14 = `${dir}/small`;
+    await Deno.mkdir(small14);
+    const out = `${small14}/run`;
+    const script = `"${Deno.execPath()}" run -A ${new URL(TRAIN, import.meta.url).pathname} ${
+      small(data, out, "--steps", "3", "--save-every", "1").join(" ")
+    }; echo "exit=$?"; grep '"step"' ${out}/checkpoint/trainer_state.json; ls ${out}`;
+    const r = await new Deno.Command("bwrap", {
+      args: ["--dev-bind", "/", "/", "--size", "14000000", "--tmpfs", small14, "sh", "-c", script],
+      env: { XDG_RUNTIME_DIR: "/tmp" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const [stdout, stderr] = [r.stdout, r.stderr].map((b) => new TextDecoder().decode(b));
+    assertStringIncludes(stdout, "exit=1");
+    const errors = stderr.split("\n").filter((l) => l.startsWith("error:"));
+    assertEquals(errors.length, 1, stderr);
+    assertStringIncludes(errors[0], `could not save the checkpoint at step 2 to ${out}/checkpoint`);
+    assertStringIncludes(errors[0], "No space left on device");
+    assert(!stderr.includes("    at "), `no stack trace: ${stderr}`);
+    assertStringIncludes(stdout, '"step": 1,', "the step-1 checkpoint is intact");
+    assert(!/checkpoint\.(tmp|new|old)-/.test(stdout), `no leftovers: ${stdout}`);
+    await Deno.remove(dir, { recursive: true });
+  },
 });
 
 Deno.test("a truncated or damaged trainer_state.json is an error naming the file", async () => {

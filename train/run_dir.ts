@@ -78,8 +78,8 @@ export const LOCK_FILE = ".lock";
 interface LockOwner {
   pid: number;
   host: string;
-  /** The process's start time in clock ticks since boot (/proc/PID/stat), where known. */
-  started: number | null;
+  /** When the process started (ps's lstart), to tell a reused pid from the owner; null if unknown. */
+  started: string | null;
 }
 
 /** This machine's name, or "" without the permission to read it. */
@@ -91,13 +91,14 @@ function hostName(): string {
   }
 }
 
-/** The start time of process `pid` (/proc/PID/stat field 22), or null when unknown. */
-function processStart(pid: number): number | null {
+/**
+ * When process `pid` started (`ps -o lstart=`), "" when there is no such
+ * process, or null when that cannot be told (no ps, or no permission to run it).
+ */
+function processStarted(pid: number): string | null {
   try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    // the command name (field 2) may hold spaces and parentheses: count from the last ')'
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return Number(fields[19]);
+    const out = new Deno.Command("ps", { args: ["-o", "lstart=", "-p", String(pid)] }).outputSync();
+    return new TextDecoder().decode(out.stdout).trim();
   } catch {
     return null;
   }
@@ -105,9 +106,10 @@ function processStart(pid: number): number | null {
 
 /** True when `owner` is certainly gone: this host, and its pid is dead or now another process. */
 function ownerIsGone(owner: LockOwner): boolean {
-  if (owner.host !== hostName() || Deno.build.os !== "linux") return false;
-  const started = processStart(owner.pid);
-  return started === null || (owner.started !== null && started !== owner.started);
+  if (owner.host !== hostName()) return false;
+  const started = processStarted(owner.pid);
+  if (started === null) return false; // cannot tell: keep the lock
+  return started === "" || (owner.started !== null && started !== owner.started);
 }
 
 /** An exclusive lock on a run's output directory, held until `release`. */
@@ -126,7 +128,7 @@ export class RunLock {
    */
   static async acquire(out: string, log: (line: string) => void): Promise<RunLock> {
     const path = `${out}/${LOCK_FILE}`;
-    const me: LockOwner = { pid: Deno.pid, host: hostName(), started: processStart(Deno.pid) };
+    const me: LockOwner = { pid: Deno.pid, host: hostName(), started: processStarted(Deno.pid) };
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         const f = await Deno.open(path, { createNew: true, write: true });
