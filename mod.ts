@@ -208,3 +208,14 @@ export {
   type Quantity,
   scienceMatch,
 } from "./infer/science.ts";
+export {
+  type ChoiceEvent,
+  Engine,
+  type EngineOptions,
+  type GenerationRequest,
+  QueueFullError,
+  type SamplingParams,
+  type TokenInfo,
+} from "./infer/serve/engine.ts";
+export { createHandler, type ServerOptions } from "./infer/serve/http.ts";
+export { sampleTokensPerRow } from "./infer/sampling.ts";

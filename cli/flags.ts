@@ -8,6 +8,8 @@ import { parseArgs as nodeParseArgs } from "node:util";
 export interface FlagSpec {
   string?: string[];
   boolean?: string[];
+  /** String flags that may repeat; their values come as a list. */
+  collect?: string[];
   default?: Record<string, string | boolean>;
   /** Accept positional arguments (default false: a stray word is an error, e.g. an unquoted prompt). */
   positionals?: boolean;
@@ -21,8 +23,12 @@ export interface ParsedArgs {
 }
 
 export function parseArgs(args: string[], spec: FlagSpec): ParsedArgs {
-  const options: Record<string, { type: "string" | "boolean"; default?: string | boolean }> = {};
+  const options: Record<
+    string,
+    { type: "string" | "boolean"; multiple?: boolean; default?: string | boolean }
+  > = {};
   for (const s of spec.string ?? []) options[s] = { type: "string" };
+  for (const s of spec.collect ?? []) options[s] = { type: "string", multiple: true };
   for (const b of spec.boolean ?? []) options[b] = { type: "boolean" };
   for (const [k, v] of Object.entries(spec.default ?? {})) if (options[k]) options[k].default = v;
   let parsed: ParsedArgs;

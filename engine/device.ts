@@ -133,10 +133,24 @@ export class Device {
     this.#release(buf, STORAGE_USAGE);
   }
 
-  /** Uploads `data` into `buf` at byte offset 0 (queue-ordered after earlier submits). */
+  /**
+   * Uploads `data` into `buf` at byte offset 0, after every dispatch already
+   * encoded (which may read `buf`): the open encoder is submitted first.
+   */
   write(buf: GPUBuffer, data: ArrayBufferView): void {
-    // Order the write after every dispatch already encoded.
     if (this.#encoder) this.flush();
+    this.upload(buf, data);
+  }
+
+  /**
+   * Uploads `data` into a buffer no encoded dispatch uses yet (one just
+   * allocated: the pool hands out only buffers whose users were submitted),
+   * without submitting the open encoder. A queue write runs before the next
+   * submit, so after every earlier one and before the dispatches that will
+   * read it. (A submit while the previous one runs waits for it on lavapipe:
+   * fewer submits per step let the host encode while the GPU works.)
+   */
+  upload(buf: GPUBuffer, data: ArrayBufferView): void {
     this.gpu.queue.writeBuffer(
       buf,
       0,

@@ -101,7 +101,7 @@ export class Tensor implements Disposable {
       p.set(bytes);
       return p;
     })();
-    if (padded.byteLength > 0) device().write(t.buffer, padded);
+    if (padded.byteLength > 0) device().upload(t.buffer, padded); // t is fresh: no flush needed
     return t;
   }
 
@@ -200,6 +200,21 @@ export class Tensor implements Disposable {
     }
     const s = this.#storage;
     if (!s) throw new Error("view of a disposed tensor");
+    s.refs++;
+    return new Tensor(s, shape, this.dtype, false);
+  }
+
+  /**
+   * A view of the first numel(shape) elements (no copy, no tape): e.g. the
+   * first rows of a cache whose later rows are not in use.
+   */
+  prefix(shape: readonly number[]): Tensor {
+    checkShape(shape, "prefix");
+    if (numel(shape) > this.size) {
+      throw new Error(`prefix: [${shape}] is larger than [${this.shape}]`);
+    }
+    const s = this.#storage;
+    if (!s) throw new Error("prefix of a disposed tensor");
     s.refs++;
     return new Tensor(s, shape, this.dtype, false);
   }

@@ -2,7 +2,7 @@
  * Next-token sampling on the GPU (kernels/sample.ts) and its CPU reference.
  * @module
  */
-import { sampleKernel } from "../kernels/sample.ts";
+import { SAMPLE_WG, sampleKernel } from "../kernels/sample.ts";
 import { launch } from "../engine/launch.ts";
 import type { Rng } from "../engine/random.ts";
 import { Tensor } from "../engine/tensor.ts";
@@ -65,7 +65,7 @@ export function sampleTokens(
   const u = Tensor.from(uniforms, [rows]);
   const ids = Tensor.empty([rows], "i32");
   const flags = report?.flags ?? Tensor.zeros([rows], { dtype: "i32" });
-  launch(sampleKernel, { z: logits, u, ids, bad: flags }, {
+  launch(sampleKernel(false), { z: logits, u, ids, bad: flags }, {
     rows,
     V,
     greedy: o.greedy ? 1 : 0,
@@ -75,6 +75,49 @@ export function sampleTokens(
     step: report?.step ?? 0,
   }, rows);
   u.dispose();
+  if (!report) flags.dispose();
+  return ids;
+}
+
+/**
+ * sampleTokens with each row's own settings (a server's batch of requests):
+ * the same arithmetic, so a row samples what it would alone.
+ */
+export function sampleTokensPerRow(
+  logits: Tensor,
+  settings: SamplingOptions[],
+  uniforms: ArrayLike<number>,
+  report?: NonFiniteReport,
+): Tensor {
+  const V = logits.shape.at(-1)!;
+  const rows = logits.size / V;
+  if (uniforms.length !== rows || settings.length !== rows) {
+    throw new Error(
+      `sampleTokensPerRow: ${settings.length} settings and ${uniforms.length} uniforms for ${rows} rows`,
+    );
+  }
+  const rp = Tensor.from(
+    settings.flatMap((o) => {
+      const r = resolved(o);
+      return [r.greedy ? 1 : 0, r.temperature || 1, r.topK, r.topP];
+    }),
+    [rows, 4],
+  );
+  const u = Tensor.from(uniforms, [rows]);
+  const ids = Tensor.empty([rows], "i32");
+  const flags = report?.flags ?? Tensor.zeros([rows], { dtype: "i32" });
+  // short rows (small vocabularies) take a small workgroup: 128 threads would mostly idle
+  const wg = V <= 512 ? 16 : SAMPLE_WG;
+  launch(sampleKernel(true, wg), { z: logits, u, rp, ids, bad: flags }, {
+    rows,
+    V,
+    greedy: 0,
+    temperature: 1,
+    top_k: 0,
+    top_p: 1,
+    step: report?.step ?? 0,
+  }, rows);
+  [u, rp].forEach((t) => t.dispose());
   if (!report) flags.dispose();
   return ids;
 }

@@ -113,8 +113,10 @@ export const matmulVec4Kernel = memoKernel((
   bType: "f32" | "bf16" | "f16" = "f32",
   /** Add a bias (N) in the store, as the add op would after the product (inference). */
   bias = false,
+  /** Invocation rows per workgroup: fewer than 8 when M is small (no idle rows launched). */
+  wy = 8,
 ) => {
-  const W = 8; // 8x8 invocations per workgroup: a 64x64 tile
+  const W = 8; // 8 x wy invocations per workgroup: a 64 x 8wy tile
   const R = [0, 1, 2, 3, 4, 5, 6, 7];
   const Q = [0, 1, 2, 3];
   const lines: string[] = [];
@@ -187,7 +189,7 @@ export const matmulVec4Kernel = memoKernel((
     outputs: { c: "f32" },
     params: PARAMS,
     grid: "workgroups",
-    workgroupSize: [W, W],
+    workgroupSize: [W, wy],
     helpers: `${bHelper}
 fn store(row: u32, n0: u32, N: u32, lo: vec4<f32>, hi: vec4<f32>) {
   if (n0 + 8u <= N) {
@@ -202,7 +204,7 @@ fn store(row: u32, n0: u32, N: u32, lo: vec4<f32>, hi: vec4<f32>) {
     main: `
   let M = params.M; let N = params.N; let K = params.K;
   let bz = wid.z;
-  let m0 = (wid.y * ${W}u + lid.y) * 8u;
+  let m0 = (wid.y * ${wy}u + lid.y) * 8u;
   let n0 = (wid.x * ${W}u + lid.x) * 8u;
   if (m0 >= M || n0 >= N) { return; }
   let aOff = bz * params.sab; let bOff = bz * params.sbb;
@@ -213,5 +215,150 @@ fn store(row: u32, n0: u32, N: u32, lo: vec4<f32>, hi: vec4<f32>) {
   let cOff = bz * M * N;
   ${biasLoads}
   ${stores}`,
+  });
+});
+
+/**
+ * x·Wᵀ for linear layers at batch sizes past the GEMV's, with what follows
+ * the products fused in (inference): `siluMul` reads gate (b) and up (b2)
+ * and stores silu(x·gateᵀ) * (x·upᵀ); `qkv` computes three projections (wq,
+ * wk, wv, each (N_p, K)) into three outputs in one dispatch, each 8-column
+ * block of one of them per invocation, with their biases when `bias`. Each output is matmulVec4Kernel's
+ * (transB) multiply-adds in its order, then siluMul's or the bias add's
+ * expression: the same bits as the unfused ops. A (M, K) row-major, K % 4 == 0.
+ */
+export const linearTileKernel = memoKernel((
+  bType: "f32" | "bf16" | "f16",
+  epilogue: "siluMul" | "qkv",
+  bias = false,
+  /** Invocation rows per workgroup (fewer than 8 for small M). */
+  wy = 8,
+) => {
+  const W = 8;
+  const R = [0, 1, 2, 3, 4, 5, 6, 7];
+  const Q = [0, 1, 2, 3];
+  const half = bType !== "f32";
+  const load = (fn: string, arr: string) =>
+    half
+      ? `fn ${fn}(i: u32) -> vec4<f32> { return vec4<f32>(half2(${arr}[i / 2u]), half2(${arr}[i / 2u + 1u])); }`
+      : `fn ${fn}(i: u32) -> vec4<f32> { return ${arr}[i / 4u]; }`;
+  /** The transB k-step of matmulVec4Kernel for weight loader `ld` into accumulators `acc`. */
+  const kStep = (ld: string, p: string, acc: string, withA: boolean) => {
+    const lines: string[] = [];
+    if (withA) {
+      for (const i of R) lines.push(`let a_${i} = a4[(min(m0 + ${i}u, M - 1u) * K + k) / 4u];`);
+    }
+    for (const j of R) lines.push(`let ${p}c_${j} = ${ld}(min(n0 + ${j}u, N - 1u) * K + k);`);
+    for (const kk of Q) {
+      for (const h of [0, 1]) {
+        const c = Q.map((q) => `${p}c_${4 * h + q}.${"xyzw"[kk]}`).join(", ");
+        lines.push(`let ${p}_${kk}_${h} = vec4<f32>(${c});`);
+      }
+    }
+    for (const kk of Q) {
+      for (const i of R) {
+        const a = `a_${i}.${"xyzw"[kk]}`;
+        lines.push(`${acc}_${i}_0 += ${a} * ${p}_${kk}_0; ${acc}_${i}_1 += ${a} * ${p}_${kk}_1;`);
+      }
+    }
+    return lines.join("\n      ");
+  };
+  const decl = (acc: string) =>
+    R.map((i) => `var ${acc}_${i}_0 = vec4<f32>(0.0); var ${acc}_${i}_1 = vec4<f32>(0.0);`).join(
+      " ",
+    );
+  const weightType = half ? "u32" : "vec4<f32>";
+  if (epilogue === "siluMul") {
+    const stores = R.map((i) =>
+      `if (m0 + ${i}u < M) { store(m0 + ${i}u, n0, N, c_${i}_0 / (vec4<f32>(1.0) + exp(-c_${i}_0)) * d_${i}_0, c_${i}_1 / (vec4<f32>(1.0) + exp(-c_${i}_1)) * d_${i}_1); }`
+    ).join("\n  ");
+    return declareKernel<string, string, string>({
+      label: "matmul_silu_mul",
+      inputs: { a4: "vec4<f32>", b: weightType, b2: weightType },
+      outputs: { c: "f32" },
+      params: { M: "u32", N: "u32", K: "u32" },
+      grid: "workgroups",
+      workgroupSize: [W, wy],
+      helpers: `${half ? half2Fn(bType) : ""}
+${load("ldb4", "b")}
+${load("ldb4_up", "b2")}
+fn store(m: u32, n0: u32, N: u32, lo: vec4<f32>, hi: vec4<f32>) {
+  let row = m * N;
+  for (var j = 0u; j < 8u; j++) {
+    if (n0 + j < N) { c[row + n0 + j] = select(hi[j - 4u], lo[min(j, 3u)], j < 4u); }
+  }
+}`,
+      main: `
+  let M = params.M; let N = params.N; let K = params.K;
+  let m0 = (wid.y * ${wy}u + lid.y) * 8u;
+  let n0 = (wid.x * ${W}u + lid.x) * 8u;
+  if (m0 >= M || n0 >= N) { return; }
+  ${decl("c")}
+  ${decl("d")}
+  for (var k = 0u; k < K; k += 4u) {
+      ${kStep("ldb4", "b", "c", true)}
+      ${kStep("ldb4_up", "e", "d", false)}
+  }
+  ${stores}`,
+    });
+  }
+  // qkv: the column blocks of q, then k, then v; each invocation computes one 8-column block
+  const part = (p: "q" | "k" | "v") => {
+    const biasOf = (j: number) => `b${p}[min(n0 + ${j}u, N - 1u)]`;
+    const lo = bias ? ` + vec4<f32>(${[0, 1, 2, 3].map(biasOf).join(", ")})` : "";
+    const hi = bias ? ` + vec4<f32>(${[4, 5, 6, 7].map(biasOf).join(", ")})` : "";
+    const stores = R.map((i) =>
+      `if (m0 + ${i}u < M) { let lo = c_${i}_0${lo}; let hi = c_${i}_1${hi}; for (var j = 0u; j < 8u; j++) { if (n0 + j < N) { c${p}[(m0 + ${i}u) * N + n0 + j] = select(hi[j - 4u], lo[min(j, 3u)], j < 4u); } } }`
+    ).join("\n    ");
+    return `{
+    let N = params.N${p};
+    ${decl("c")}
+    for (var k = 0u; k < K; k += 4u) {
+      ${kStep(`ldw${p}`, "b", "c", true)}
+    }
+    ${stores}
+  }`;
+  };
+  return declareKernel<string, string, string>({
+    label: "matmul_qkv",
+    inputs: {
+      a4: "vec4<f32>",
+      wq: weightType,
+      wk: weightType,
+      wv: weightType,
+      ...(bias ? { bq: "f32", bk: "f32", bv: "f32" } : {}),
+    } as Record<string, string>,
+    outputs: { cq: "f32", ck: "f32", cv: "f32" },
+    params: {
+      M: "u32",
+      K: "u32",
+      Nq: "u32",
+      Nk: "u32",
+      Nv: "u32",
+      qb: "u32",
+      kb: "u32",
+      vb: "u32",
+    },
+    grid: "workgroups",
+    workgroupSize: [W, wy],
+    helpers: `${half ? half2Fn(bType) : ""}
+${load("ldwq", "wq")}
+${load("ldwk", "wk")}
+${load("ldwv", "wv")}`,
+    main: `
+  let M = params.M; let K = params.K;
+  let m0 = (wid.y * ${wy}u + lid.y) * 8u;
+  let block = wid.x * ${W}u + lid.x; // 8-column blocks of q, then of k, then of v
+  if (m0 >= M || block >= params.qb + params.kb + params.vb) { return; }
+  if (block < params.qb) {
+    let n0 = block * 8u;
+    ${part("q")}
+  } else if (block < params.qb + params.kb) {
+    let n0 = (block - params.qb) * 8u;
+    ${part("k")}
+  } else {
+    let n0 = (block - params.qb - params.kb) * 8u;
+    ${part("v")}
+  }`,
   });
 });

@@ -6,41 +6,47 @@
  * @module
  */
 import { workgroupReduce } from "./common.ts";
-import { declareKernel } from "./declare.ts";
+import { declareKernel, memoKernel } from "./declare.ts";
 
 export const SAMPLE_WG = 128;
 
 /**
  * z (rows, V) logits, u (rows) uniforms; ids (rows) out. greedy is 0/1; top_k 0 and top_p 1
  * are off. A row holding NaN or +Inf (or no finite logit) gets id 0, never an id outside
- * the vocabulary, and bad[row] = step + 1 if it is still 0.
+ * the vocabulary, and bad[row] = step + 1 if it is still 0. `perRow`: the settings come from
+ * rp (rows, 4) = (greedy, temperature, top_k, top_p) per row instead of the parameters (a
+ * server's batch of requests); the same arithmetic. `wg`: threads per row (a
+ * power of 2; fewer for short rows, which leave most of 128 idle).
  */
-export const sampleKernel = declareKernel({
-  label: "sample",
-  inputs: { z: "f32", u: "f32" },
-  outputs: { ids: "i32", bad: "i32" },
-  params: {
-    rows: "u32",
-    V: "u32",
-    greedy: "u32",
-    temperature: "f32",
-    top_k: "u32",
-    top_p: "f32",
-    step: "u32",
-  },
-  grid: "rows",
-  workgroupSize: [SAMPLE_WG],
-  helpers: /* wgsl */ `
-var<workgroup> red_f: array<f32, ${SAMPLE_WG}>;
-var<workgroup> red_i: array<u32, ${SAMPLE_WG}>;
+export const sampleKernel = memoKernel((perRow: boolean, wg: number = SAMPLE_WG) =>
+  // bindings depend on perRow: named by string
+  declareKernel<string, string, string>({
+    label: perRow ? "sample_rows" : "sample",
+    inputs: perRow ? { z: "f32", u: "f32", rp: "f32" } : { z: "f32", u: "f32" },
+    outputs: { ids: "i32", bad: "i32" },
+    params: {
+      rows: "u32",
+      V: "u32",
+      greedy: "u32",
+      temperature: "f32",
+      top_k: "u32",
+      top_p: "f32",
+      step: "u32",
+    },
+    grid: "rows",
+    workgroupSize: [wg],
+    helpers: /* wgsl */ `
+var<workgroup> red_f: array<f32, ${wg}>;
+var<workgroup> red_i: array<u32, ${wg}>;
 var<workgroup> shared_f: array<f32, 4>;
-${workgroupReduce(SAMPLE_WG)}
+var<workgroup> settings: vec4<f32>;
+${workgroupReduce(wg)}
 fn wg_max(v: f32, lid: u32) -> f32 { return wg_reduce(v, lid, true); }
 fn wg_sum(v: f32, lid: u32) -> f32 { return wg_reduce(v, lid, false); }
 fn wg_count(v: u32, lid: u32) -> u32 {
   red_i[lid] = v;
   workgroupBarrier();
-  for (var s = ${SAMPLE_WG / 2}u; s > 0u; s >>= 1u) {
+  for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
     if (lid < s) { red_i[lid] = red_i[lid] + red_i[lid + s]; }
     workgroupBarrier();
   }
@@ -50,16 +56,24 @@ fn wg_count(v: u32, lid: u32) -> u32 {
 }
 
 `,
-  main: /* wgsl */ `
+    main: /* wgsl */ `
   let row = row_index(wid, nwg);
   let lid = lid.x;
   let rows = params.rows; let V = params.V;
   if (row >= rows) { return; }
   let base = row * V;
-  let greedy = params.greedy == 1u;
-  let temp = params.temperature; let top_k = params.top_k; let top_p = params.top_p;
+  ${
+      perRow
+        ? `// the row's settings, made workgroup-uniform (the branches below hold barriers)
+  if (lid == 0u) { settings = vec4<f32>(rp[row * 4u], rp[row * 4u + 1u], rp[row * 4u + 2u], rp[row * 4u + 3u]); }
+  let own = workgroupUniformLoad(&settings);
+  let greedy = own.x != 0.0;
+  let temp = own.y; let top_k = u32(own.z); let top_p = own.w;`
+        : `let greedy = params.greedy == 1u;
+  let temp = params.temperature; let top_k = params.top_k; let top_p = params.top_p;`
+    }
   // chunk of this thread: contiguous, so the inverse CDF walks indices in order
-  let chunk = (V + ${SAMPLE_WG - 1}u) / ${SAMPLE_WG}u;
+  let chunk = (V + ${wg - 1}u) / ${wg}u;
   let j0 = min(lid * chunk, V); let j1 = min(j0 + chunk, V);
 
   // max logit (first index on ties for greedy). -Inf bans a token; NaN, +Inf, or a row
@@ -86,7 +100,7 @@ fn wg_count(v: u32, lid: u32) -> u32 {
     for (var j = j0; j < j1; j++) { if (z[base + j] == m && first == 0xffffffffu) { first = j; } }
     red_i[lid] = first;
     workgroupBarrier();
-    for (var s = ${SAMPLE_WG / 2}u; s > 0u; s >>= 1u) {
+    for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
       if (lid < s) { red_i[lid] = min(red_i[lid], red_i[lid + s]); }
       workgroupBarrier();
     }
@@ -148,9 +162,9 @@ fn wg_count(v: u32, lid: u32) -> u32 {
   if (lid == 0u) {
     let goal = u[row] * total;
     var acc = 0.0;
-    var owner = ${SAMPLE_WG - 1}u;
+    var owner = ${wg - 1}u;
     var before = 0.0;
-    for (var t = 0u; t < ${SAMPLE_WG}u; t++) {
+    for (var t = 0u; t < ${wg}u; t++) {
       if (red_f[t] > 0.0) { owner = t; before = acc; }
       if (acc + red_f[t] > goal && red_f[t] > 0.0) { owner = t; before = acc; break; }
       acc += red_f[t];
@@ -173,4 +187,23 @@ fn wg_count(v: u32, lid: u32) -> u32 {
     }
     ids[row] = i32(min(pick, V - 1u));
   }`,
+  })
+);
+
+/**
+ * Scatters freshly sampled ids into a per-slot id buffer: out[i] = fresh[src[i]]
+ * where src[i] >= 0, else old[i] (slots that did not sample keep their id).
+ */
+export const mergeIdsKernel = declareKernel({
+  label: "merge_ids",
+  inputs: { old: "i32", fresh: "i32", src: "i32" },
+  outputs: { out: "i32" },
+  params: { n: "u32" },
+  grid: "elements",
+  workgroupSize: [64],
+  main: /* wgsl */ `
+  let i = flat_index(gid, nwg);
+  if (i >= params.n) { return; }
+  let j = src[i];
+  out[i] = select(old[i], fresh[u32(max(j, 0))], j >= 0);`,
 });

@@ -302,22 +302,33 @@ Deno.test({
 
 Deno.test({
   name:
-    "matmul() decode shapes (GEMV: M 1, 3, 16, N not a tile multiple, f32/bf16/f16) match the CPU reference and the 8x8 kernel bit for bit, with the bias and silu·mul epilogues and q/k/v in one dispatch",
+    "matmul() decode shapes (GEMV: M 1, 3, 16, N not a tile multiple, f32/bf16/f16) match the CPU reference and the 8x8 kernel bit for bit, with the bias and silu·mul epilogues and q/k/v in one dispatch (GEMV or tile)",
   ...gpuTest,
   fn: async () => {
-    const { GEMV_MAX_ROWS, gemvBias, gemvQkv, gemvSiluMul, matmulBias, matmulReference } =
-      await import(
-        "../engine/ops/matmul.ts"
-      );
+    const {
+      GEMV_MAX_ROWS,
+      gemvBias,
+      gemvQkv,
+      gemvSiluMul,
+      linearQkv,
+      linearSiluMul,
+      matmulBias,
+      matmulReference,
+    } = await import("../engine/ops/matmul.ts");
     for (const dtype of ["f32", "bf16", "f16"] as const) {
       for (
-        const [M, K, N] of [[1, 8, 13], [2, 12, 9], [3, 20, 130], [4, 64, 517], [16, 64, 517], [
-          1,
-          896,
-          37,
-        ]]
+        const [M, K, N] of [
+          [1, 8, 13],
+          [2, 12, 9],
+          [3, 20, 130],
+          [4, 64, 517],
+          [16, 64, 517],
+          [1, 896, 37],
+          [9, 12, 70],
+          [70, 16, 21],
+        ]
       ) {
-        const rows = randArray([17, K], 3);
+        const rows = randArray([Math.max(17, M), K], 3);
         const w = randArray([N, K], 4);
         // weights as stored (rounded to the dtype), and the f64 reference on those values
         const wt = Tensor.from(w.data, [N, K], { dtype });
@@ -364,11 +375,13 @@ Deno.test({
           Array.from(await ops.add(ops.matmul(xM, wt, { transB: true }), bias).toArray()),
           `matmulBias ${dtype} M=${M} N=${N}`,
         );
-        // the gated MLP's product in the GEMV's store: the same bits as two matmuls then siluMul
+        // the gated MLP's product in the GEMV's store (or the tile's beyond its rows): the same
+        // bits as two matmuls then siluMul
         const up = Tensor.from(randArray([N, K], 6).data, [N, K], { dtype });
-        const gated = gemvSiluMul(xM, wt, up);
-        assertEquals(gated === null, M > GEMV_MAX_ROWS, `gemvSiluMul M=${M}`);
-        if (gated) {
+        assertEquals(gemvSiluMul(xM, wt, up) === null, M > GEMV_MAX_ROWS, `gemvSiluMul M=${M}`);
+        const gated = linearSiluMul(xM, wt, up);
+        assert(gated !== null, `linearSiluMul M=${M}`);
+        {
           const threeOps = await ops.siluMul(
             ops.matmul(xM, wt, { transB: true }),
             ops.matmul(xM, up, { transB: true }),
@@ -376,7 +389,7 @@ Deno.test({
           assertEquals(
             Array.from(await gated.toArray()),
             Array.from(threeOps),
-            `gemvSiluMul ${dtype} M=${M} N=${N}`,
+            `linearSiluMul ${dtype} M=${M} N=${N}`,
           );
         }
         // q, k and v in one dispatch, with and without biases: the same bits as three linears
@@ -385,20 +398,18 @@ Deno.test({
         const wValue = Tensor.from(randArray([Nkv, K], 8).data, [Nkv, K], { dtype });
         const biases = [bias, toTensor(randArray([Nkv], 9)), toTensor(randArray([Nkv], 10))];
         for (const withBias of [true, false]) {
-          const qkv = gemvQkv(
-            xM,
-            [wt, wKey, wValue],
-            withBias ? biases as [Tensor, Tensor, Tensor] : null,
-          );
-          assertEquals(qkv === null, M > GEMV_MAX_ROWS, `gemvQkv M=${M}`);
-          if (!qkv) continue;
+          const qkvBiases = withBias ? biases as [Tensor, Tensor, Tensor] : null;
+          const viaGemv = gemvQkv(xM, [wt, wKey, wValue], qkvBiases);
+          assertEquals(viaGemv === null, M > GEMV_MAX_ROWS, `gemvQkv M=${M}`);
+          const qkv = linearQkv(xM, [wt, wKey, wValue], qkvBiases);
+          assert(qkv !== null, `linearQkv M=${M}`);
           for (const [p, w] of [wt, wKey, wValue].entries()) {
             const one = ops.matmul(xM, w, { transB: true });
             const want = await (withBias ? ops.add(one, biases[p]) : one).toArray();
             assertEquals(
               Array.from(await qkv[p].toArray()),
               Array.from(want),
-              `gemvQkv part ${p} ${dtype} M=${M} N=${N} bias=${withBias}`,
+              `linearQkv part ${p} ${dtype} M=${M} N=${N} bias=${withBias}`,
             );
           }
         }

@@ -4,7 +4,7 @@ import { noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { concat } from "../engine/ops/mod.ts";
 import { generate } from "../infer/generate.ts";
-import { sampleReference, sampleTokens } from "../infer/sampling.ts";
+import { sampleReference, sampleTokens, sampleTokensPerRow } from "../infer/sampling.ts";
 import { Rng } from "../engine/random.ts";
 import { assert, assertEquals } from "@std/assert";
 import { assertClose, gpuTest } from "./_helpers.ts";
@@ -159,6 +159,38 @@ Deno.test({
     const p = [0, 1, 2, -1].map(Math.exp);
     const total = p.reduce((a, b) => a + b);
     assertClose(counts.map((c) => c / N), p.map((x) => x / total), { atol: 0.01 }, "frequencies");
+  },
+});
+
+Deno.test({
+  name:
+    "sampleTokensPerRow(): each row's own settings pick what the CPU reference picks, long rows and short",
+  ...gpuTest,
+  fn: async () => {
+    const rng = new Rng(12);
+    const settings = [
+      { greedy: true },
+      { temperature: 1 },
+      { temperature: 0.5, topK: 20 },
+      { temperature: 1.3, topP: 0.8 },
+      { temperature: 0.7, topK: 3, topP: 0.9 },
+      { topK: 1 },
+    ];
+    for (const V of [1000, 15]) { // 128 threads a row, and the small workgroup of short rows
+      const rows = settings.length;
+      const z = Array.from({ length: rows * V }, () => Math.fround(3 * rng.normal()));
+      const logits = Tensor.from(z, [rows, V]);
+      for (let trial = 0; trial < 4; trial++) {
+        const u = Array.from({ length: rows }, () => rng.next());
+        const ids = sampleTokensPerRow(logits, settings, u);
+        const want = u.map((ui, r) =>
+          sampleReference(z.slice(r * V, (r + 1) * V), settings[r], ui)
+        );
+        assertEquals(Array.from(await ids.toArray()), want, `V ${V} trial ${trial}`);
+        ids.dispose();
+      }
+      logits.dispose();
+    }
   },
 });
 

@@ -1,7 +1,14 @@
 /** The KV cache's write ops against their CPU references, and the fused rope-and-write against the ops it replaces. */
 import { KVCache } from "../engine/model/kv_cache.ts";
 import { ropeTables } from "../engine/nn.ts";
-import { cacheWrite, kvCacheReference, rope, ropeCacheWrite } from "../engine/ops/mod.ts";
+import {
+  cacheWrite,
+  kvCacheReference,
+  rope,
+  ropeCacheWrite,
+  ropeCacheWriteRows,
+} from "../engine/ops/mod.ts";
+import { Tensor } from "../engine/tensor.ts";
 import { noGrad } from "../engine/scope.ts";
 import { assertEquals, assertThrows } from "@std/assert";
 import { assertClose, gpuTest, randArray, toTensor } from "./_helpers.ts";
@@ -106,5 +113,67 @@ Deno.test({
       fused.dispose();
       apart.dispose();
     }
+  },
+});
+
+Deno.test({
+  name:
+    "ropeCacheWriteRows() writes each row's token at its own position, and nothing for a negative one",
+  ...gpuTest,
+  fn: async () => {
+    const [B, H, Hkv, D, max] = [3, 4, 2, 8, 9];
+    const at = [2, -1, 7];
+    const keys0 = randArray([B, Hkv, max, D], 21);
+    const values0 = randArray([B, Hkv, max, D], 22);
+    const q = randArray([B, H, 1, D], 23);
+    const k = randArray([B, Hkv, 1, D], 24);
+    const v = randArray([B, Hkv, 1, D], 25);
+    const tables = ropeTables(at.map((p) => Math.max(p, 0)), B, 1, D, 10000);
+    const [cosA, sinA] = await Promise.all([tables.cos.toArray(), tables.sin.toArray()]);
+    const keys = toTensor(keys0);
+    const values = toTensor(values0);
+    const qOut = ropeCacheWriteRows(toTensor(q), toTensor(k), toTensor(v), tables.cos, tables.sin, {
+      keys,
+      values,
+      positions: Tensor.from(at, [B], { dtype: "i32" }),
+    });
+    // the reference, one row at a time through the uniform write
+    const wantK = Float64Array.from(keys0.data);
+    const wantV = Float64Array.from(values0.data);
+    const wantQ: number[] = [];
+    for (let b = 0; b < B; b++) {
+      const row = (x: { shape: number[]; data: Float64Array }, h: number) => ({
+        shape: [1, h, 1, D],
+        data: x.data.slice(b * h * D, (b + 1) * h * D),
+      });
+      const cs = (a: Float32Array | Int32Array) => ({
+        shape: [1, 1, 1, D],
+        data: Float64Array.from(a.slice(b * D, (b + 1) * D)),
+      });
+      const slot = (x: Float64Array) => ({
+        shape: [1, Hkv, max, D],
+        data: x.slice(b * Hkv * max * D, (b + 1) * Hkv * max * D),
+      });
+      const r = kvCacheReference.ropeWrite(
+        row(q, H),
+        row(k, Hkv),
+        row(v, Hkv),
+        cs(cosA),
+        cs(sinA),
+        {
+          keys: slot(wantK),
+          values: slot(wantV),
+          at: Math.max(at[b], 0),
+        },
+      );
+      wantQ.push(...r.q.data);
+      if (at[b] >= 0) {
+        wantK.set(r.keys.data, b * Hkv * max * D);
+        wantV.set(r.values.data, b * Hkv * max * D);
+      }
+    }
+    assertClose(await qOut.toArray(), wantQ, { atol: 1e-6, rtol: 1e-6 }, "q");
+    assertClose(await keys.toArray(), wantK, { atol: 1e-6, rtol: 1e-6 }, "keys");
+    assertClose(await values.toArray(), wantV, { atol: 0, rtol: 0 }, "values");
   },
 });

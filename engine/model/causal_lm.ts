@@ -5,7 +5,7 @@
  */
 import { DTYPE_BYTES, type Tensor } from "../tensor.ts";
 import type { DecoderConfig } from "./config.ts";
-import type { KVCache } from "./kv_cache.ts";
+import type { KeyValueCache, KVCache } from "./kv_cache.ts";
 import type { LoraAdapters } from "./lora.ts";
 import type { QwenTokenizer } from "./tokenizer.ts";
 
@@ -23,7 +23,7 @@ export interface ForwardOptions {
   /** (B, T) positions of the new tokens. Default: cumsum(mask) - 1, clamped at 0. */
   positionIds?: ArrayLike<number>;
   /** Keys and values of earlier tokens; the new ones are appended. */
-  cache?: KVCache;
+  cache?: KeyValueCache;
   /** Activation recomputation: keep only each layer's input for backward (training). */
   recompute?: boolean;
   /** Apply the LoRA adapters, if any (default true; false runs the base model). */
@@ -73,7 +73,11 @@ export interface CausalLM {
   /** Logits from final hidden states (..., C) -> (..., V). */
   head(x: Tensor): Tensor;
   /** A KV cache for `batch` sequences of up to `maxLength` tokens. */
-  createCache(batch: number, maxLength: number): KVCache;
+  createCache(
+    batch: number,
+    maxLength: number,
+    options?: { batchInvariant?: boolean },
+  ): KVCache;
   dispose(): void;
 }
 

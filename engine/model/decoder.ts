@@ -7,8 +7,8 @@
  *
  * A layer runs one of two ways: `tapedLayer` (training: plain ops, each with
  * its backward) or `fusedLayer` (inference, no tape: the q/k/v projections
- * in one GEMV, rope with the KV cache write, each residual add with the norm
- * after it, the gated MLP's projections with silu·mul). Both give the same
+ * in one dispatch, rope with the KV cache write, each residual add with the
+ * norm after it, the gated MLP's projections with silu·mul). Both give the same
  * bits (tested), so decoding matches the taped forward.
  * @module
  */
@@ -28,12 +28,12 @@ import {
   siluMul,
   slice,
 } from "../ops/mod.ts";
-import { gemvQkv, gemvSiluMul } from "../ops/matmul.ts";
+import { linearQkv, linearSiluMul } from "../ops/matmul.ts";
 import { gradEnabled } from "../scope.ts";
 import { Tensor } from "../tensor.ts";
 import type { CausalLM, ForwardOptions, GenerationDefaults, Parameter } from "./causal_lm.ts";
 import type { DecoderConfig, LinearName } from "./config.ts";
-import { KVCache } from "./kv_cache.ts";
+import { type KeyValueCache, KVCache } from "./kv_cache.ts";
 import { type LoraAdapters, withLora } from "./lora.ts";
 import type { QwenTokenizer } from "./tokenizer.ts";
 
@@ -76,7 +76,7 @@ interface Step {
   sin: Tensor;
   /** (B, S): 0 for padding keys. */
   keyMask: Tensor;
-  cache: KVCache | undefined;
+  cache: KeyValueCache | undefined;
   adapters: LoraAdapters | null;
 }
 
@@ -97,7 +97,12 @@ function attend(s: Step, L: Layer, i: number, q: Tensor, k: Tensor | null, v: Te
   const scale = 1 / Math.sqrt(s.c.headDim);
   // fused: causal and padding masked, GQA and the cache read in place, O(T) memory
   const attended = s.cache
-    ? attention(q, s.cache.keys[i], s.cache.values[i], { scale, keyMask: s.keyMask, keys: s.S })
+    ? attention(q, s.cache.keys[i], s.cache.values[i], {
+      scale,
+      keyMask: s.keyMask,
+      keys: s.S,
+      batchInvariant: s.cache.batchInvariant,
+    })
     : attention(q, k!, v, { scale, keyMask: s.keyMask });
   const a = permute(attended, [0, 2, 1, 3]); // (B, T, H, D)
   return project(s, L, "o", reshape(a, [s.B, s.T, s.c.numHeads * s.c.headDim]));
@@ -140,7 +145,7 @@ function fusedLayer(
   const qkvFusable = single("q") && single("k") && single("v") &&
     (biases.every((b) => b) || biases.every((b) => !b));
   const [qLin, kLin, vLin] = (qkvFusable &&
-    gemvQkv(h, [L.q[0], L.k[0], L.v[0]], L.qBias ? biases as [Tensor, Tensor, Tensor] : null)) ||
+    linearQkv(h, [L.q[0], L.k[0], L.v[0]], L.qBias ? biases as [Tensor, Tensor, Tensor] : null)) ||
     [
       project(s, L, "q", h, L.qBias),
       project(s, L, "k", h, L.kBias),
@@ -154,8 +159,9 @@ function fusedLayer(
     ? attend(s, L, i, s.cache.writeRotated(i, qHeads, kHeads, v, s.cos, s.sin), null, v)
     : attend(s, L, i, rope(qHeads, s.cos, s.sin), rope(kHeads, s.cos, s.sin), v);
   const [x1, mlpIn] = addRmsNorm(x, attn, L.postNorm, c.rmsNormEps);
-  const gated = (single("gate") && single("up") ? gemvSiluMul(mlpIn, L.gate[0], L.up[0]) : null) ??
-    siluMul(project(s, L, "gate", mlpIn), project(s, L, "up", mlpIn));
+  const gated =
+    (single("gate") && single("up") ? linearSiluMul(mlpIn, L.gate[0], L.up[0]) : null) ??
+      siluMul(project(s, L, "gate", mlpIn), project(s, L, "up", mlpIn));
   return addRmsNorm(x1, project(s, L, "down", gated), nextNorm, c.rmsNormEps);
 }
 
@@ -263,7 +269,7 @@ export class DecoderLM implements CausalLM {
       hidden: (ids, o = {}) => this.hidden(ids, { ...o, adapters: false }),
       headAt: (h, p, each, r) => this.headAt(h, p, each, r),
       head: (x) => this.head(x),
-      createCache: (b, m) => this.createCache(b, m),
+      createCache: (b, m, o) => this.createCache(b, m, o),
       dispose: () => {}, // the weights belong to the adapted model
     };
     return base;
@@ -389,8 +395,12 @@ export class DecoderLM implements CausalLM {
   }
 
   /** A KV cache for `batch` sequences of up to `maxLength` tokens. */
-  createCache(batch: number, maxLength: number): KVCache {
-    return new KVCache(this.config, batch, maxLength);
+  createCache(
+    batch: number,
+    maxLength: number,
+    options: { batchInvariant?: boolean } = {},
+  ): KVCache {
+    return new KVCache(this.config, batch, maxLength, options);
   }
 
   /** Releases the weights and any attached adapters. */

@@ -39,6 +39,11 @@ export interface AttentionOptions {
    * last T of them (past = S - T). Default: k's length.
    */
   keys?: number;
+  /**
+   * Decode with one kernel whatever the batch (one invocation per query row),
+   * so a row's result does not depend on the batch it is in (a server's).
+   */
+  batchInvariant?: boolean;
 }
 
 /**
@@ -79,7 +84,8 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOpt
   const groups = B * Hkv;
   const buffers = { q, k, v, key_mask: keyMask, o, lse };
   const allRows = B * H * T;
-  if (o.size > 0 && params.rows <= DECODE_MAX_ROWS && allRows >= DECODE_MANY_ROWS) {
+  const manyRows = allRows >= DECODE_MANY_ROWS || options.batchInvariant === true;
+  if (o.size > 0 && params.rows <= DECODE_MAX_ROWS && manyRows) {
     launch(attentionRowsKernel(D), buffers, { ...params, n: allRows }, allRows);
   } else if (o.size > 0 && params.rows <= DECODE_MAX_ROWS) {
     launch(attentionDecodeKernel(D), buffers, params, [params.rows, groups]);

@@ -5,7 +5,11 @@
  * record no tape: no gradient flows into a cache.
  * @module
  */
-import { cacheWriteKernel, ropeCacheWriteKernel } from "../../kernels/kv_cache.ts";
+import {
+  cacheWriteKernel,
+  ropeCacheWriteKernel,
+  ropeCacheWriteRowsKernel,
+} from "../../kernels/kv_cache.ts";
 import { launch } from "../launch.ts";
 import { Tensor } from "../tensor.ts";
 import type { NDArray } from "./_reference.ts";
@@ -61,6 +65,45 @@ export function ropeCacheWrite(
       at: cache.at,
       sign: 1,
     },
+    q.size + k.size,
+  );
+  return qOut;
+}
+
+/**
+ * ropeCacheWrite for one new token per row (T = 1) at each row's own
+ * position: `positions` (B) i32, where a negative position writes nothing.
+ */
+export function ropeCacheWriteRows(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  cos: Tensor,
+  sin: Tensor,
+  cache: { keys: Tensor; values: Tensor; positions: Tensor },
+): Tensor {
+  const [B, Hq, T, D] = q.shape;
+  if (T !== 1 || cache.positions.size !== B || cache.positions.dtype !== "i32") {
+    throw new Error(
+      `ropeCacheWriteRows: one token per row and (B) i32 positions, got q [${q.shape}] and positions [${cache.positions.shape}]`,
+    );
+  }
+  checkSlot("ropeCacheWriteRows", cache.keys, k, 0);
+  const qOut = Tensor.empty(q.shape);
+  launch(
+    ropeCacheWriteRowsKernel,
+    {
+      q,
+      k,
+      v,
+      cosT: cos,
+      sinT: sin,
+      pos: cache.positions,
+      q_out: qOut,
+      keys: cache.keys,
+      values: cache.values,
+    },
+    { nq: q.size, nk: k.size, Hq, Hkv: k.shape[1], D, max_length: cache.keys.shape[2], sign: 1 },
     q.size + k.size,
   );
   return qOut;

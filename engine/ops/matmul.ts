@@ -5,7 +5,7 @@
  * @module
  */
 import { gemvColumns, gemvKernel, gemvQkvKernel, weightsPerLoad } from "../../kernels/gemv.ts";
-import { matmulKernel, matmulVec4Kernel, MM } from "../../kernels/matmul.ts";
+import { linearTileKernel, matmulKernel, matmulVec4Kernel, MM } from "../../kernels/matmul.ts";
 import { record } from "../autograd.ts";
 import { launch } from "../launch.ts";
 import { numel, Tensor } from "../tensor.ts";
@@ -112,9 +112,10 @@ function launchMatmul(
   }
   // vec4 fast path: the contiguous axis of each operand and K are multiples of 4
   if (vec4Fits(M, N, K, transA, transB)) {
-    launch(matmulVec4Kernel(transA, transB, bType), { a4: a, b, c: out }, params, [
+    const wy = tileRowsPerGroup(M);
+    launch(matmulVec4Kernel(transA, transB, bType, false, wy), { a4: a, b, c: out }, params, [
       Math.ceil(N / 64),
-      Math.ceil(M / 64),
+      Math.ceil(M / (8 * wy)),
       batch,
     ]);
     return;
@@ -158,6 +159,15 @@ export function gemvBias(x: Tensor, w: Tensor, bias: Tensor): Tensor | null {
   return out;
 }
 
+/**
+ * Invocation rows per workgroup of the 8x8 tile kernels: 8 (a 64x64 tile),
+ * or fewer for a product of few rows, so that no workgroup launches idle rows
+ * (a CPU adapter runs them all). Each output's arithmetic is the same.
+ */
+function tileRowsPerGroup(M: number): number {
+  return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; // powers of 2: few pipelines to compile
+}
+
 /** Whether the 8x8 vec4 kernel takes these sizes and layouts. */
 function vec4Fits(M: number, N: number, K: number, transA: boolean, transB: boolean): boolean {
   return K % 4 === 0 && (!transA || M % 4 === 0) && (transB || N % 4 === 0);
@@ -181,13 +191,90 @@ export function matmulBias(x: Tensor, w: Tensor, bias: Tensor): Tensor | null {
   ) return null;
   const out = Tensor.empty([...x.shape.slice(0, -1), N]);
   const params = { M, N, K, batch: 1, sab: 0, sam: K, sak: 1, sbb: 0, sbk: 1, sbn: K };
+  const wy = tileRowsPerGroup(M);
   launch(
-    matmulVec4Kernel(false, true, w.dtype as "f32" | "bf16" | "f16", true),
+    matmulVec4Kernel(false, true, w.dtype as "f32" | "bf16" | "f16", true, wy),
     { a4: x, b: w, bias, c: out },
     params,
-    [Math.ceil(N / 64), Math.ceil(M / 64), 1],
+    [Math.ceil(N / 64), Math.ceil(M / (8 * wy)), 1],
   );
   return out;
+}
+
+/** M when x (..., K) and W (N, K) take the 8x8 tile for a linear layer, else 0. */
+function tileRows(x: Tensor, w: Tensor): number {
+  const K = x.shape.at(-1)!;
+  const M = x.size / Math.max(1, K);
+  const fits = M > 0 && K % 4 === 0 && w.shape.length === 2 && w.shape[1] === K &&
+    x.dtype === "f32" && w.dtype !== "i32";
+  return fits ? M : 0;
+}
+
+/**
+ * silu(x·gateᵀ) * (x·upᵀ), the gated MLP's product, in one dispatch
+ * (inference): the GEMV for up to GEMV_MAX_ROWS rows, the 8x8 tile beyond.
+ * gate and up (N, K) of one dtype. The same bits as two matmuls then
+ * siluMul. No tape; null when neither kernel takes the shapes.
+ */
+export function linearSiluMul(x: Tensor, gate: Tensor, up: Tensor): Tensor | null {
+  if (up.shape.join() !== gate.shape.join() || up.dtype !== gate.dtype) return null;
+  const viaGemv = gemvSiluMul(x, gate, up);
+  if (viaGemv) return viaGemv;
+  const M = tileRows(x, gate);
+  if (M === 0) return null;
+  const N = gate.shape[0];
+  const out = Tensor.empty([...x.shape.slice(0, -1), N]);
+  const wy = tileRowsPerGroup(M);
+  launch(
+    linearTileKernel(gate.dtype as "f32" | "bf16" | "f16", "siluMul", false, wy),
+    { a4: x, b: gate, b2: up, c: out },
+    { M, N, K: x.shape.at(-1)! },
+    [Math.ceil(N / 64), Math.ceil(M / (8 * wy)), 1],
+  );
+  return out;
+}
+
+/**
+ * An attention layer's q, k and v projections of x in one dispatch
+ * (inference): the GEMV for up to GEMV_MAX_ROWS rows, the 8x8 tile beyond.
+ * The weights (N, K) of one dtype, and all three biases or none. The same
+ * bits as three linear layers. No tape; null when neither kernel takes them.
+ */
+export function linearQkv(
+  x: Tensor,
+  weights: [Tensor, Tensor, Tensor],
+  biases: [Tensor, Tensor, Tensor] | null,
+): [Tensor, Tensor, Tensor] | null {
+  const viaGemv = gemvQkv(x, weights, biases);
+  if (viaGemv) return viaGemv;
+  const M = tileRows(x, weights[0]);
+  const fits = M > 0 &&
+    weights.every((w) => tileRows(x, w) === M && w.dtype === weights[0].dtype) &&
+    (biases === null ||
+      biases.every((b, p) => b.dtype === "f32" && b.size === weights[p].shape[0]));
+  if (!fits) return null;
+  const [Nq, Nk, Nv] = weights.map((w) => w.shape[0]);
+  const [qb, kb, vb] = [Nq, Nk, Nv].map((n) => Math.ceil(n / 8));
+  const outs = weights.map((w) => Tensor.empty([...x.shape.slice(0, -1), w.shape[0]]));
+  const [wq, wk, wv] = weights;
+  const [cq, ck, cv] = outs;
+  const wy = tileRowsPerGroup(M);
+  launch(
+    linearTileKernel(wq.dtype as "f32" | "bf16" | "f16", "qkv", biases !== null, wy),
+    {
+      a4: x,
+      wq,
+      wk,
+      wv,
+      cq,
+      ck,
+      cv,
+      ...(biases ? { bq: biases[0], bk: biases[1], bv: biases[2] } : {}),
+    },
+    { M, K: x.shape.at(-1)!, Nq, Nk, Nv, qb, kb, vb },
+    [Math.ceil((qb + kb + vb) / 8), Math.ceil(M / (8 * wy)), 1],
+  );
+  return [cq, ck, cv];
 }
 
 /**

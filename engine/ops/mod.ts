@@ -9,5 +9,5 @@ export * from "./embedding.ts";
 export { fill, randomNormal } from "./fill.ts";
 export { addRmsNorm, rmsNorm, rope } from "./norm.ts";
 export { nonFiniteCounts, nonFiniteCountsReference } from "./finite.ts";
-export { cacheWrite, kvCacheReference, ropeCacheWrite } from "./kv_cache.ts";
+export { cacheWrite, kvCacheReference, ropeCacheWrite, ropeCacheWriteRows } from "./kv_cache.ts";
 export { attention, type AttentionOptions, attentionReference } from "./attention.ts";

@@ -1,0 +1,617 @@
+/**
+ * Continuous batching: every running sequence shares one decoding step.
+ * A request that arrives while others decode is prefilled (with the other
+ * newcomers, right-padded, on a cache of their own) and joins the running
+ * batch at the next step; a finished sequence leaves it and frees its slot.
+ * Sequences of different LoRA adapters take turns within a step (one forward
+ * each, the others' rows masked); with or without EM-INF or adaptive
+ * temperature they share the forward, each row's logits processed as its
+ * request asks. Each sequence draws its sampling uniforms from its own
+ * seeded generator and every kernel treats rows alone, so a seed gives the
+ * same tokens whatever else is in the batch.
+ *
+ * Steps run one ahead of the host: step t+1 is encoded while the ids of step
+ * t are read back (Deno's readback waits about 11 ms), then tokens are
+ * detokenized, checked against stop strings and streamed.
+ * @module
+ */
+import { device } from "../../engine/device.ts";
+import type { CausalLM } from "../../engine/model/causal_lm.ts";
+import type { LoraAdapters } from "../../engine/model/lora.ts";
+import {
+  embedding,
+  entropy,
+  logSoftmax,
+  mul,
+  reshape,
+  tokenLogProb,
+  where,
+} from "../../engine/ops/mod.ts";
+import { Rng } from "../../engine/random.ts";
+import { keep, noGrad, tidy } from "../../engine/scope.ts";
+import { Tensor } from "../../engine/tensor.ts";
+import { launch } from "../../engine/launch.ts";
+import { mergeIdsKernel } from "../../kernels/sample.ts";
+import { type AdaptiveTemperatureOptions, adaptiveTemperatureProcessor } from "../baselines.ts";
+import { type EmInfOptions, emInfProcessor } from "../em_inf.ts";
+import { sampleTokensPerRow, type SamplingOptions } from "../sampling.ts";
+import { SlotCache } from "./slots.ts";
+
+/** How one request samples, stops and reports. */
+export interface SamplingParams extends SamplingOptions {
+  maxTokens: number;
+  /** Strings that end a sequence (not included in its text). */
+  stop: string[];
+  /** Token ids that end a sequence, besides the model's eos. */
+  stopTokenIds: number[];
+  /** Keep generating past eos (benchmarks: exactly maxTokens tokens). */
+  ignoreEos?: boolean;
+  /** Seed of choice 0; choice i uses seed + i. */
+  seed: number;
+  /** Report the sampled token's log-prob, and this many top alternatives (null: none). */
+  logprobs: number | null;
+  /** Report the entropy of each token's distribution. */
+  entropy: boolean;
+  emInf: EmInfOptions | null;
+  adaptive: AdaptiveTemperatureOptions | null;
+}
+
+export interface GenerationRequest {
+  promptIds: number[];
+  /** Choices to sample. */
+  n: number;
+  params: SamplingParams;
+  /** The LoRA adapter (as loaded when the request came), or null for the base model. */
+  adapter: { name: string; adapters: LoraAdapters } | null;
+}
+
+/** One generated token and what was asked of it. */
+export interface TokenInfo {
+  id: number;
+  /** log p of the token under the distribution sampled from (softmax(z / T), after EM-INF). */
+  logprob?: number;
+  top?: { id: number; logprob: number }[];
+  entropy?: number;
+}
+
+/** What a choice streams: new text and tokens, then once its finish reason. */
+export interface ChoiceEvent {
+  text: string;
+  tokens: TokenInfo[];
+  finishReason?: "stop" | "length" | "abort";
+}
+
+/** A queue a consumer iterates while the engine pushes. */
+class EventQueue<T> implements AsyncIterable<T> {
+  #items: T[] = [];
+  #wake: (() => void) | null = null;
+  #closed = false;
+  push(item: T): void {
+    this.#items.push(item);
+    this.#wake?.();
+  }
+  close(): void {
+    this.#closed = true;
+    this.#wake?.();
+  }
+  async *[Symbol.asyncIterator](): AsyncIterator<T> {
+    for (;;) {
+      if (this.#items.length) {
+        yield this.#items.shift()!;
+        continue;
+      }
+      if (this.#closed) return;
+      await new Promise<void>((r) => this.#wake = r);
+      this.#wake = null;
+    }
+  }
+}
+
+/** One choice of a request: a sequence in a slot. */
+class Sequence {
+  readonly events = new EventQueue<ChoiceEvent>();
+  readonly ids: number[] = [];
+  readonly rng: Rng;
+  slot = -1;
+  /** Text already streamed (what might start a stop string is held back). */
+  emitted = "";
+  finished = false;
+  cancelled = false;
+  lastTokenAt = 0;
+  readonly startedAt = performance.now();
+  #pending: TokenInfo[] = [];
+
+  constructor(readonly request: GenerationRequest, readonly index: number) {
+    this.rng = new Rng(request.params.seed + index);
+  }
+
+  queueToken(t: TokenInfo): void {
+    this.#pending.push(t);
+  }
+
+  takeTokens(): TokenInfo[] {
+    const out = this.#pending;
+    this.#pending = [];
+    return out;
+  }
+}
+
+/** Thrown when the waiting queue is full (HTTP 429). */
+export class QueueFullError extends Error {
+  constructor(readonly waiting: number) {
+    super(`the server is at capacity (${waiting} requests waiting); retry shortly`);
+    this.name = "QueueFullError";
+  }
+}
+
+/** What a step measured, for metrics. */
+export interface EngineStats {
+  running: number;
+  waiting: number;
+  batch: number;
+  steps: number;
+  promptTokens: number;
+  generationTokens: number;
+}
+
+export interface EngineOptions {
+  /** Sequences decoding at once (KV cache slots). */
+  maxBatch: number;
+  /** Tokens per sequence, prompt included. */
+  maxModelLen: number;
+  /** Requests waiting beyond the running ones before new ones are refused. */
+  maxQueue: number;
+  /** Called with each first token's latency and each later token's, in seconds. */
+  observe?: (kind: "ttft" | "tpot", seconds: number) => void;
+}
+
+/** Sampled ids of some rows, and what those rows asked for, on the GPU. */
+interface ReadPart {
+  /** The sequence of each row (null: not sampled for in this part). */
+  rows: (Sequence | null)[];
+  ids: Tensor;
+  logprob: Tensor | null;
+  entropy: Tensor | null;
+  /** (rows, V) log-probs, for top alternatives. */
+  top: Tensor | null;
+}
+
+/** Parts encoded on the GPU whose results are not read back yet. */
+interface Pending {
+  parts: ReadPart[];
+  read: Promise<ArrayBuffer[]>;
+}
+
+export class Engine {
+  readonly model: CausalLM;
+  readonly options: EngineOptions;
+  readonly stats: EngineStats = {
+    running: 0,
+    waiting: 0,
+    batch: 0,
+    steps: 0,
+    promptTokens: 0,
+    generationTokens: 0,
+  };
+  readonly #cache: SlotCache;
+  readonly #slots: (Sequence | null)[];
+  readonly #waiting: Sequence[] = [];
+  /** Each slot's last token (the next step's input), on the GPU. */
+  #lastIds: Tensor;
+  #wake: (() => void) | null = null;
+  #loop: Promise<void> | null = null;
+  #stopping = false;
+  #error: Error | null = null;
+
+  constructor(model: CausalLM, options: EngineOptions) {
+    this.model = model;
+    this.options = options;
+    this.#cache = new SlotCache(model.config, options.maxBatch, options.maxModelLen);
+    this.#slots = new Array(options.maxBatch).fill(null);
+    this.#lastIds = keep(Tensor.zeros([options.maxBatch], { dtype: "i32" }));
+  }
+
+  /** GPU bytes of the KV cache. */
+  get cacheBytes(): number {
+    return this.#cache.bytes;
+  }
+
+  /** Queues a request; returns one event stream per choice. Throws QueueFullError. */
+  submit(
+    request: GenerationRequest,
+  ): { choices: AsyncIterable<ChoiceEvent>[]; cancel: () => void } {
+    if (this.#error) throw this.#error;
+    if (this.#stopping) throw new Error("the server is shutting down");
+    if (this.#waiting.length + request.n > this.options.maxQueue) {
+      throw new QueueFullError(this.#waiting.length);
+    }
+    const seqs = Array.from({ length: request.n }, (_, i) => new Sequence(request, i));
+    this.#waiting.push(...seqs);
+    this.stats.waiting = this.#waiting.length;
+    this.#wake?.();
+    this.#loop ??= this.#run().catch((e) => {
+      // a fault the loop cannot recover from: every sequence ends, later requests are refused
+      this.#error = e instanceof Error ? e : new Error(String(e));
+      console.error(`error: the decoding loop stopped: ${this.#error.message}`);
+      for (const s of [...this.#waiting, ...this.#slots]) if (s) this.#finish(s, "abort");
+    }).finally(() => this.#loop = null);
+    return {
+      choices: seqs.map((s) => s.events),
+      cancel: () => {
+        seqs.forEach((s) => s.cancelled = true);
+        this.#wake?.();
+      },
+    };
+  }
+
+  /**
+   * Compiles every pipeline a decoding step may need before the first request
+   * (a CPU adapter takes a while per shader): one step at each batch-size
+   * class (1, 2, 4, 8, ... up to maxBatch) on dummy slots.
+   */
+  async warmUp(): Promise<void> {
+    const sizes = [1, 2, 4, 5, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 256]
+      .filter((n) => n <= this.options.maxBatch);
+    for (const rows of sizes) {
+      const take = new Array(rows).fill(true);
+      for (let r = 0; r < rows; r++) this.#cache.lengths[r] = 1;
+      const { mask, positions } = this.#cache.beginStep(rows, take);
+      const part = noGrad(() =>
+        tidy(() => {
+          const hidden = this.model.hidden(reshape(this.#lastIds.prefix([rows]), [rows, 1]), {
+            attentionMask: mask,
+            positionIds: positions,
+            cache: this.#cache,
+          });
+          const logits = reshape(this.model.head(hidden), [rows, this.model.config.vocabSize]);
+          return sampleTokensPerRow(
+            logits,
+            take.map(() => ({ temperature: 1 })),
+            take.map(() => 0.5),
+          );
+        })
+      );
+      await part.toArray();
+      part.dispose();
+    }
+    this.#cache.lengths.fill(0);
+  }
+
+  /** Stops admitting; resolves when every running and waiting sequence has ended. */
+  async drain(): Promise<void> {
+    this.#stopping = true;
+    this.#wake?.();
+    await this.#loop;
+  }
+
+  /** Ends every sequence now (their streams report "abort"). */
+  cancelAll(): void {
+    for (const s of [...this.#waiting, ...this.#slots]) if (s) s.cancelled = true;
+    this.#wake?.();
+  }
+
+  dispose(): void {
+    this.#cache.dispose();
+    this.#lastIds.dispose();
+  }
+
+  async #run(): Promise<void> {
+    let pending: Pending | null = null;
+    for (;;) {
+      this.#reap();
+      const parts = this.#admit();
+      const active = this.#slots.filter((s): s is Sequence => s !== null);
+      this.stats.running = active.length;
+      this.stats.waiting = this.#waiting.length;
+      if (active.length === 0 && !pending) {
+        if (this.#waiting.length === 0) {
+          if (this.#stopping) return;
+          await new Promise<void>((r) => this.#wake = r);
+          this.#wake = null;
+        }
+        continue;
+      }
+      // every running sequence has a token to feed (joiners got theirs from the prefill)
+      if (active.length) parts.push(...this.#step(active));
+      const next = parts.length ? this.#read(parts) : null;
+      if (pending) await this.#collect(pending);
+      pending = next;
+    }
+  }
+
+  /** Cancelled sequences end; finished ones leave their slots. */
+  #reap(): void {
+    for (let i = 0; i < this.#waiting.length; i++) {
+      if (this.#waiting[i].cancelled) {
+        this.#finish(this.#waiting[i], "abort");
+        this.#waiting.splice(i--, 1);
+      }
+    }
+    this.#slots.forEach((s, i) => {
+      if (s && (s.finished || s.cancelled)) {
+        this.#finish(s, "abort");
+        this.#slots[i] = null;
+      }
+    });
+  }
+
+  /**
+   * Prefills as many waiting sequences as there are free slots (right-padded
+   * together, each at its own positions from 0), copies their keys and values
+   * into their slots and samples each one's first token.
+   */
+  #admit(): ReadPart[] {
+    const free = this.#slots.map((s, i) => (s ? -1 : i)).filter((i) => i >= 0);
+    const joiners = this.#waiting.splice(0, free.length);
+    this.stats.waiting = this.#waiting.length;
+    const parts: ReadPart[] = [];
+    joiners.forEach((s, k) => {
+      s.slot = free[k];
+      this.#slots[free[k]] = s;
+      this.#cache.lengths[s.slot] = 0;
+      this.stats.promptTokens += s.request.promptIds.length;
+    });
+    // by adapter: each group's prefill is one forward
+    for (const group of groupBy(joiners, (s) => s.request.adapter?.adapters ?? null)) {
+      this.#useAdapter(group[0].request.adapter);
+      const lengths = group.map((s) => s.request.promptIds.length);
+      const P = Math.max(...lengths);
+      const ids = group.flatMap((s) => [
+        ...s.request.promptIds,
+        ...new Array(P - s.request.promptIds.length).fill(0),
+      ]);
+      const mask = lengths.flatMap((n) => Array.from({ length: P }, (_, t) => (t < n ? 1 : 0)));
+      const positions = group.flatMap(() => Array.from({ length: P }, (_, t) => t));
+      const cache = this.model.createCache(group.length, P, { batchInvariant: true });
+      try {
+        const part = noGrad(() =>
+          tidy(() => {
+            const hidden = this.model.hidden(
+              Tensor.from(ids, [group.length, P], { dtype: "i32" }),
+              { attentionMask: mask, positionIds: positions, cache },
+            );
+            const C = hidden.shape[2];
+            const at = lengths.map((n, j) => j * P + n - 1); // each one's last prompt token
+            const last = embedding(
+              reshape(hidden, [group.length * P, C]),
+              Tensor.from(at, [at.length], { dtype: "i32" }),
+            );
+            group.forEach((s, j) => this.#cache.fill(s.slot, cache, j, lengths[j]));
+            return this.#sample(this.model.head(last), group);
+          })
+        );
+        this.#merge(part.ids, group.map((s) => s.slot));
+        parts.push(part);
+      } finally {
+        cache.dispose();
+      }
+    }
+    return parts;
+  }
+
+  /** One decoding step of every active sequence, one forward per adapter group. */
+  #step(active: Sequence[]): ReadPart[] {
+    const rows = Math.max(...active.map((s) => s.slot)) + 1;
+    const all: (Sequence | null)[] = this.#slots.slice(0, rows);
+    this.stats.batch = active.length;
+    this.stats.steps++;
+    const parts: ReadPart[] = [];
+    for (const group of groupBy(active, (s) => s.request.adapter?.adapters ?? null)) {
+      this.#useAdapter(group[0].request.adapter);
+      const take = all.map((s) => s !== null && group.includes(s));
+      const { mask, positions } = this.#cache.beginStep(rows, take);
+      const part = noGrad(() =>
+        tidy(() => {
+          const input = reshape(this.#lastIds.prefix([rows]), [rows, 1]);
+          const hidden = this.model.hidden(input, {
+            attentionMask: mask,
+            positionIds: positions,
+            cache: this.#cache,
+          });
+          const logits = reshape(this.model.head(hidden), [rows, this.model.config.vocabSize]);
+          return this.#sample(logits, all.map((s, r) => (take[r] ? s : null)));
+        })
+      );
+      parts.push(part);
+      this.#merge(part.ids, all.map((_, r) => r).filter((r) => take[r]), take);
+    }
+    for (const s of active) this.#cache.lengths[s.slot]++;
+    return parts;
+  }
+
+  /** Starts reading parts back (one readback for all of them). */
+  #read(parts: ReadPart[]): Pending {
+    const tensors = parts.flatMap((p) =>
+      [p.ids, p.logprob, p.entropy, p.top].filter((t): t is Tensor => t !== null)
+    );
+    return {
+      parts,
+      read: device().readMany(tensors.map((t) => ({ buffer: t.buffer, bytes: t.byteLength }))),
+    };
+  }
+
+  /** Points the model at an adapter (or the base). */
+  #useAdapter(a: GenerationRequest["adapter"]): void {
+    const adapters = a?.adapters ?? null;
+    if (this.model.adapters !== adapters) this.model.setAdapters(adapters);
+  }
+
+  /** True while a running or waiting sequence uses these adapters. */
+  uses(adapters: LoraAdapters): boolean {
+    return [...this.#waiting, ...this.#slots].some((s) =>
+      s !== null && !s.finished && s.request.adapter?.adapters === adapters
+    );
+  }
+
+  /**
+   * Processes each row's logits as its request asks (EM-INF, adaptive
+   * temperature), samples with each row's settings and uniform, and computes
+   * the log-probs and entropies rows asked for. Null rows are not sampled for.
+   */
+  #sample(logits: Tensor, rows: (Sequence | null)[]): ReadPart {
+    const n = rows.length;
+    let z = logits;
+    // each distinct processor setting runs on the whole batch; its rows take their own result
+    const settings = new Map<string, { rows: boolean[]; apply: (z: Tensor) => Tensor }>();
+    rows.forEach((s, r) => {
+      const p = s?.request.params;
+      const kind = p?.emInf ? "em-inf" : p?.adaptive ? "adaptive" : null;
+      if (!p || !kind) return;
+      const key = `${kind} ${JSON.stringify(kind === "em-inf" ? p.emInf : p.adaptive)}`;
+      const e = settings.get(key) ?? {
+        rows: new Array(n).fill(false),
+        apply: kind === "em-inf"
+          ? emInfProcessor(p.emInf!)
+          : adaptiveTemperatureProcessor(p.adaptive!),
+      };
+      e.rows[r] = true;
+      settings.set(key, e);
+    });
+    for (const { rows: which, apply } of settings.values()) {
+      const processed = apply(z);
+      z = which.every(Boolean)
+        ? processed
+        : where(Tensor.from(which.map((b) => (b ? 1 : 0)), [n, 1]), processed, z);
+    }
+    const params = rows.map((s) => s?.request.params ?? null);
+    const ids = keep(sampleTokensPerRow(
+      z,
+      params.map((p) => p ?? { greedy: true }),
+      rows.map((s) => (s ? s.rng.next() : 0)),
+    ));
+    const part: ReadPart = { rows, ids, logprob: null, entropy: null, top: null };
+    const wants = {
+      logprob: params.some((p) => p && p.logprobs !== null),
+      entropy: params.some((p) => p?.entropy),
+      top: params.some((p) => p && (p.logprobs ?? 0) > 0),
+    };
+    if (wants.logprob || wants.entropy || wants.top) {
+      // the distribution sampled from: softmax(z / T) of the processed logits
+      const invT = params.map((p) => {
+        const t = p?.temperature ?? 1;
+        return p && !p.greedy && t > 0 ? 1 / t : 1;
+      });
+      const scaled = mul(z, Tensor.from(invT, [n, 1]));
+      if (wants.logprob) part.logprob = keep(tokenLogProb(scaled, ids));
+      if (wants.entropy) part.entropy = keep(entropy(scaled));
+      if (wants.top) part.top = keep(logSoftmax(scaled));
+    }
+    return part;
+  }
+
+  /**
+   * Writes sampled ids into the slots they belong to: `ids[j]` goes to
+   * `slots[j]` (prefill order), or with `take`, `ids[r]` to slot r where take[r].
+   */
+  #merge(ids: Tensor, slots: number[], take?: boolean[]): void {
+    const src = new Array(this.options.maxBatch).fill(-1);
+    if (take) take.forEach((t, r) => t && (src[r] = r));
+    else slots.forEach((slot, j) => src[slot] = j);
+    const out = keep(Tensor.empty([this.options.maxBatch], "i32"));
+    const index = Tensor.from(src, [src.length], { dtype: "i32" });
+    launch(
+      mergeIdsKernel,
+      { old: this.#lastIds, fresh: ids, src: index, out },
+      { n: src.length },
+      src.length,
+    );
+    index.dispose();
+    this.#lastIds.dispose();
+    this.#lastIds = out;
+  }
+
+  /** Reads parts back and hands each sequence its token, in order. */
+  async #collect(p: Pending): Promise<void> {
+    const raw = await p.read;
+    let k = 0;
+    const now = performance.now();
+    const V = this.model.config.vocabSize;
+    for (const part of p.parts) {
+      const ids = new Int32Array(raw[k++]);
+      const lp = part.logprob ? new Float32Array(raw[k++]) : null;
+      const h = part.entropy ? new Float32Array(raw[k++]) : null;
+      const top = part.top ? new Float32Array(raw[k++]) : null;
+      [part.ids, part.logprob, part.entropy, part.top].forEach((t) => t?.dispose());
+      part.rows.forEach((s, r) => {
+        if (!s || s.finished || s.cancelled || this.#slots[s.slot] !== s) return;
+        const params = s.request.params;
+        const info: TokenInfo = { id: ids[r] };
+        if (lp && params.logprobs !== null) info.logprob = lp[r];
+        if (h && params.entropy) info.entropy = h[r];
+        if (top && (params.logprobs ?? 0) > 0) {
+          info.top = topK(top.subarray(r * V, (r + 1) * V), params.logprobs!);
+        }
+        const first = s.ids.length === 0;
+        this.options.observe?.(
+          first ? "ttft" : "tpot",
+          (now - (first ? s.startedAt : s.lastTokenAt)) / 1000,
+        );
+        s.lastTokenAt = now;
+        this.#accept(s, info);
+      });
+    }
+  }
+
+  /** Adds a token to a sequence: eos, stop strings and max_tokens end it. */
+  #accept(s: Sequence, info: TokenInfo): void {
+    const p = s.request.params;
+    const tok = this.model.tokenizer!;
+    const eos = this.model.generation.eosTokenIds;
+    s.ids.push(info.id);
+    this.stats.generationTokens++;
+    const isStop = (!p.ignoreEos && eos.includes(info.id)) || p.stopTokenIds.includes(info.id);
+    if (!isStop) s.queueToken(info);
+    const ids = isStop ? s.ids.slice(0, -1) : s.ids;
+    let text = tok.decode(ids, { skipSpecialTokens: true });
+    let reason: ChoiceEvent["finishReason"] | undefined = isStop ? "stop" : undefined;
+    const hit =
+      p.stop.map((x) => [text.indexOf(x, Math.max(0, s.emitted.length - x.length)), x.length])
+        .filter(([i]) => i >= 0).sort((a, b) => a[0] - b[0])[0];
+    if (hit) {
+      text = text.slice(0, hit[0]);
+      reason = "stop";
+    }
+    if (!reason && s.ids.length >= p.maxTokens) reason = "length";
+    // hold back what could be the start of a stop string, and a character still being spelt
+    const hold = reason ? 0 : Math.max(0, ...p.stop.map((x) => x.length - 1));
+    let safe = text.length - hold;
+    if (!reason && text.endsWith("\uFFFD")) safe = Math.min(safe, text.length - 1);
+    if (safe > s.emitted.length || reason) {
+      const upTo = reason ? text.length : safe;
+      s.events.push({ text: text.slice(s.emitted.length, upTo), tokens: s.takeTokens() });
+      s.emitted = text.slice(0, upTo);
+    }
+    if (reason) this.#finish(s, reason);
+  }
+
+  /** Ends a sequence's stream with its reason (once). */
+  #finish(s: Sequence, reason: NonNullable<ChoiceEvent["finishReason"]>): void {
+    if (s.finished) return;
+    s.finished = true;
+    s.events.push({ text: "", tokens: s.takeTokens(), finishReason: reason });
+    s.events.close();
+  }
+}
+
+/** Items grouped by a key, in first-seen order. */
+function groupBy<T, K>(items: T[], key: (t: T) => K): T[][] {
+  const m = new Map<K, T[]>();
+  for (const t of items) {
+    const k = key(t);
+    m.set(k, [...(m.get(k) ?? []), t]);
+  }
+  return [...m.values()];
+}
+
+/** The `k` most likely tokens of a row of log-probs. */
+function topK(row: Float32Array, k: number): { id: number; logprob: number }[] {
+  const best: { id: number; logprob: number }[] = [];
+  for (let i = 0; i < row.length; i++) {
+    if (best.length < k || row[i] > best[best.length - 1].logprob) {
+      best.push({ id: i, logprob: row[i] });
+      best.sort((a, b) => b.logprob - a.logprob);
+      if (best.length > k) best.pop();
+    }
+  }
+  return best;
+}
