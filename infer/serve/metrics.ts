@@ -8,7 +8,7 @@
 const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
 class Histogram {
-  readonly counts = new Array(BUCKETS.length).fill(0);
+  readonly counts: number[] = new Array(BUCKETS.length).fill(0);
   sum = 0;
   count = 0;
   observe(v: number): void {
@@ -20,7 +20,7 @@ class Histogram {
 
 export class Metrics {
   /** Requests by HTTP status. */
-  readonly requests = new Map<number, number>();
+  readonly requests: Map<number, number> = new Map();
   promptTokens = 0;
   generationTokens = 0;
   readonly ttft = new Histogram();
