@@ -115,14 +115,15 @@ export {
 } from "./train/em_ft.ts";
 export { sft, sftObjective } from "./train/sft.ts";
 export { advantages, type Estimator, ESTIMATORS, type EstimatorSpec } from "./train/estimators.ts";
+export { emRl, emRlObjective, type EmRlOptions, klK3, ppoClipLoss } from "./train/em_rl.ts";
+export { rolloutMismatch, scorePositions, truncatedImportanceWeights } from "./train/scoring.ts";
 export {
-  emRl,
-  emRlObjective,
-  type EmRlOptions,
-  klK3,
-  ppoClipLoss,
-  scorePositions,
-} from "./train/em_rl.ts";
+  RolloutError,
+  type RolloutServerOptions,
+  RolloutServers,
+  type ServerKind,
+} from "./train/rollout_servers.ts";
+export { localSampler, type Sampled, type Sampler, type SampleRequest } from "./infer/sampler.ts";
 export {
   answerOf,
   type RewardName,

@@ -80,3 +80,11 @@ export function numberFlag(
   }
   return v;
 }
+
+/** --quantize int4|int8, undefined when absent; throws naming the flag. */
+export function quantizeFlag(flags: ParsedArgs): "int4" | "int8" | undefined {
+  const v = flags.quantize;
+  if (v === undefined) return undefined;
+  if (v !== "int4" && v !== "int8") throw new Error(`--quantize must be int4 or int8, got "${v}"`);
+  return v;
+}

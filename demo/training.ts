@@ -6,7 +6,16 @@
 import type { CausalLM } from "../engine/model/causal_lm.ts";
 import type { TrainOptions } from "../train/options.ts";
 import { accuracy, type DemoScores } from "./evaluate.ts";
-import { DEMO_HELD_OUT, DEMO_MAX_NEW_TOKENS, heldOutProblems } from "./task.ts";
+import type { Sampler } from "../infer/sampler.ts";
+import {
+  decodeDemo,
+  DEMO_EOS,
+  DEMO_HELD_OUT,
+  DEMO_MAX_NEW_TOKENS,
+  encodeDemo,
+  heldOutProblems,
+  type Problem,
+} from "./task.ts";
 
 /** Settings of the no-argument demo (see README: chosen to finish in minutes on 2 CPU cores). */
 export const DEMO_DEFAULTS: Partial<TrainOptions> = {
@@ -33,18 +42,39 @@ export const DEMO_STEPS: Partial<Record<TrainOptions["method"], number>> = { "em
  */
 export function demoValidation(
   target: number | null,
+  sampler?: Sampler,
 ): (model: CausalLM) => Promise<Record<string, number>> {
   const validation = heldOutProblems(DEMO_HELD_OUT).slice(0, 200);
   return async (model) => {
-    const g = await accuracy(model, validation, { greedy: true, returnEntropies: true });
+    // decoded elsewhere (rollout servers): accuracy only
+    const g = sampler
+      ? { accuracy: await samplerAccuracy(sampler, validation), entropy: undefined }
+      : await accuracy(model, validation, { greedy: true, returnEntropies: true });
     const out: Record<string, number> = {
       greedyAccuracy: g.accuracy,
-      entropy: g.entropy,
+      ...(g.entropy === undefined ? {} : { entropy: g.entropy }),
       score: g.accuracy,
     };
     if (target !== null && g.accuracy >= target) out.stop = 1;
     return out;
   };
+}
+
+/** Greedy accuracy on demo problems decoded by a sampler. */
+async function samplerAccuracy(sampler: Sampler, problems: Problem[]): Promise<number> {
+  const r = await sampler({
+    prompts: problems.map((p) => encodeDemo(p.prompt)),
+    n: 1,
+    greedy: true,
+    maxNewTokens: DEMO_MAX_NEW_TOKENS,
+    temperature: 1,
+    topP: 1,
+    seed: 0,
+    eosTokenIds: [DEMO_EOS],
+    padTokenId: DEMO_EOS,
+  });
+  return r.tokens.filter((t, i) => t.at(-1) === DEMO_EOS && decodeDemo(t) === problems[i].answer)
+    .length / problems.length;
 }
 
 /** The before/after table the demo prints. */

@@ -33,3 +33,30 @@ export async function tensorToRaw(t: Tensor): Promise<RawTensor> {
   const bytes = new Uint8Array(await device().read(t.buffer, t.size * DTYPE_BYTES[t.dtype]));
   return { dtype: FROM_TENSOR_DTYPE[t.dtype], shape: [...t.shape], data: bytes };
 }
+
+/**
+ * Reads many tensors back, several per readback (each waits about 11 ms in
+ * Deno), up to `groupBytes` of staging at a time.
+ */
+export async function tensorsToRaw(ts: Tensor[], groupBytes = 64 * 2 ** 20): Promise<RawTensor[]> {
+  const out: RawTensor[] = [];
+  for (let i = 0; i < ts.length;) {
+    const group: Tensor[] = [];
+    let bytes = 0;
+    while (i < ts.length && (group.length === 0 || bytes + ts[i].byteLength <= groupBytes)) {
+      bytes += ts[i].byteLength;
+      group.push(ts[i++]);
+    }
+    const read = await device().readMany(
+      group.map((t) => ({ buffer: t.buffer, bytes: t.size * DTYPE_BYTES[t.dtype] })),
+    );
+    group.forEach((t, k) =>
+      out.push({
+        dtype: FROM_TENSOR_DTYPE[t.dtype],
+        shape: [...t.shape],
+        data: new Uint8Array(read[k]),
+      })
+    );
+  }
+  return out;
+}

@@ -4,7 +4,8 @@
  * the continuation as it is produced.
  * @module
  */
-import { is, numberFlag, parseArgs } from "@std/cli";
+import { is, numberFlag, parseArgs, quantizeFlag } from "@std/cli";
+import { inferenceDryRun } from "./memory.ts";
 import { initDeviceOrExplain } from "../engine/device.ts";
 import { loadModel } from "../engine/model/checkpoint.ts";
 import { checkEncodable } from "../engine/model/tokenizer.ts";
@@ -32,6 +33,11 @@ Generates text with a Hugging Face Qwen2/Qwen2.5/Qwen3 checkpoint directory
   --em-inf-steps N      EM-INF steps at most (default 5)
   --em-inf-kl X         EM-INF KL(p0||p) weight (default 0.001)
   --em-inf-threshold X  EM-INF stops a row below this entropy (default 0.3)
+  --quantize int4|int8  quantize the linear layers at load (GPTQ/AWQ checkpoints need not)
+  --dry-run             print the GPU memory decoding needs (weights, KV cache, prefill, EM-INF)
+                        from config.json alone, and exit
+  --batch N, --context N   the batch and tokens per sequence --dry-run assumes (default 1, and
+                        the model's context up to 4096)
   --no-weight-check     skip the NaN/Inf check of the weights at load (one GPU pass over them)
   --help                this text`;
 
@@ -51,8 +57,11 @@ export async function main(args: string[]): Promise<number> {
         "em-inf-steps",
         "em-inf-kl",
         "em-inf-threshold",
+        "quantize",
+        "batch",
+        "context",
       ],
-      boolean: ["chat", "greedy", "no-thinking", "em-inf", "no-weight-check", "help"],
+      boolean: ["chat", "greedy", "no-thinking", "em-inf", "no-weight-check", "dry-run", "help"],
     });
   } catch (e) {
     console.error(`error: ${(e as Error).message}\n\nRun with --help for the flags.`);
@@ -64,8 +73,23 @@ export async function main(args: string[]): Promise<number> {
   }
   let options;
   let processor: ((logits: Tensor) => Tensor) | undefined;
+  let quantize: "int4" | "int8" | undefined;
   try {
     if (typeof flags.model !== "string") throw new Error("--model DIR is required");
+    quantize = quantizeFlag(flags);
+    const dryOnly = ["batch", "context"].find((f) => flags[f] !== undefined);
+    if (dryOnly && !flags["dry-run"]) throw new Error(`--${dryOnly} sizes --dry-run's estimate`);
+    if (flags["dry-run"]) {
+      console.log(
+        await inferenceDryRun(flags.model, {
+          batch: numberFlag(flags, "batch", is.positiveInt) ?? 1,
+          context: numberFlag(flags, "context", is.positiveInt),
+          quantize,
+          emInf: flags["em-inf"] === true,
+        }),
+      );
+      return 0;
+    }
     if (typeof flags.prompt !== "string") throw new Error("--prompt TEXT is required");
     options = {
       maxNewTokens: numberFlag(flags, "max-new-tokens", is.positiveInt) ?? 128,
@@ -108,7 +132,7 @@ export async function main(args: string[]): Promise<number> {
   if (!await initDeviceOrExplain()) return 1;
   let model;
   try {
-    model = await loadModel(flags.model, { checkFinite: !flags["no-weight-check"] });
+    model = await loadModel(flags.model, { checkFinite: !flags["no-weight-check"], quantize });
   } catch (e) {
     console.error(`error: ${(e as Error).message}`);
     return 1;

@@ -4,7 +4,7 @@
  * arguments, the embedded demo model on its held-out arithmetic problems.
  * @module
  */
-import { is, numberFlag, parseArgs, type ParsedArgs } from "@std/cli";
+import { is, numberFlag, parseArgs, type ParsedArgs, quantizeFlag } from "@std/cli";
 import { initDeviceOrExplain } from "../engine/device.ts";
 import { readJsonlRecords } from "../engine/jsonl.ts";
 import { loadModel } from "../engine/model/checkpoint.ts";
@@ -57,6 +57,7 @@ ${
   --unsafe-no-sandbox       code: run programs without bubblewrap (limits only; never for untrusted code)
   --out FILE.jsonl          per-problem results: responses, answers, verdicts, stderr tails (default: none)
   --seed N                  (default 0)
+  --quantize int4|int8      quantize the model's linear layers at load (README "Quantized weights")
   --no-weight-check         skip the NaN/Inf check of the weights at load (one GPU pass)
   --help`;
 
@@ -107,6 +108,7 @@ function parseFlags(args: string[]) {
       "memory-mb",
       "out",
       "seed",
+      "quantize",
     ],
     boolean: ["chat", "no-chat", "no-weight-check", "unsafe-no-sandbox", "help"],
   });
@@ -163,6 +165,7 @@ function parseFlags(args: string[]) {
         DEFAULT_LIMITS.memoryBytes / 2 ** 20) * 2 ** 20,
     },
     unsafe: flags["unsafe-no-sandbox"] === true,
+    quantize: quantizeFlag(flags),
     emInf: {
       lr: numberFlag(flags, "em-inf-lr", is.positive) ?? EM_INF_DEFAULTS.lr,
       steps: numberFlag(flags, "em-inf-steps", is.positiveInt) ?? EM_INF_DEFAULTS.steps,
@@ -204,7 +207,10 @@ export async function main(args: string[]): Promise<number> {
   let problems: EvalProblem[];
   try {
     const dir = typeof flags.model === "string" ? flags.model : DEMO_MODEL;
-    model = await loadModel(dir, { checkFinite: !flags["no-weight-check"] });
+    model = await loadModel(dir, {
+      checkFinite: !flags["no-weight-check"],
+      quantize: options.quantize,
+    });
     if (!model.tokenizer) {
       throw new Error(`${dir}/tokenizer.json not found: evaluation needs the model's tokenizer`);
     }

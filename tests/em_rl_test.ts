@@ -20,8 +20,8 @@ import {
   klK3Reference,
   ppoClipLoss,
   ppoClipReference,
-  scorePositions,
 } from "../train/em_rl.ts";
+import { scorePositions } from "../train/scoring.ts";
 import { packSequences, scoredBatch, type StepBatch } from "../train/objective.ts";
 import { answerOf, REWARDS, type Rollout } from "../train/rewards.ts";
 import { majorityVote } from "../infer/answer.ts";

@@ -11,13 +11,15 @@ import { recoverDirectory } from "../engine/atomic.ts";
 import { initDeviceOrExplain } from "../engine/device.ts";
 import type { CausalLM } from "../engine/model/causal_lm.ts";
 import { adapterBase, readConfig, saveModel } from "../engine/model/checkpoint.ts";
+import { parseQuantizationConfig } from "../engine/quant/checkpoints.ts";
 import { exists } from "../engine/paths.ts";
 import { type DemoScores, evaluateDemo } from "../demo/evaluate.ts";
 import { DEMO_HELD_OUT, DEMO_MODEL, DEMO_PROMPT_LENGTH, heldOutProblems } from "../demo/task.ts";
 import { demoTable, demoValidation } from "../demo/training.ts";
 import { HELP, parseTrainFlags } from "./cli_flags.ts";
 import { type CliRecord, resumeData, resumeOptions } from "./cli_resume.ts";
-import { loadRunData, loadRunModel, loraProblem } from "./cli_setup.ts";
+import { connectRolloutServers, loadRunData, loadRunModel, loraProblem } from "./cli_setup.ts";
+import { RolloutError, type RolloutServers } from "./rollout_servers.ts";
 import type { ExampleSource } from "./data.ts";
 import { dryRunReport, memoryRefusal, planMemory } from "./memory.ts";
 import { METHODS } from "./methods.ts";
@@ -112,7 +114,8 @@ async function run(
     state = await readRunState(checkpointDir);
     try {
       const r = resumeOptions(state, flags, parsedOptions, statePath);
-      options = r.options;
+      // rollouts one step ahead are a property of where this process samples, not of the run
+      options = { ...r.options, asyncRollouts: flags["async-rollouts"] === true };
       if (r.changes.length) console.log(`resuming with ${r.changes.join(", ")}`);
       dataFile = await resumeData(state, dataFile, statePath);
     } catch (e) {
@@ -144,6 +147,17 @@ async function run(
   const config = await readConfig(configDir);
   const lora = loraProblem(config, options);
   if (lora) throw new UsageError(lora);
+  const prequantized = parseQuantizationConfig(config.raw, `${configDir}/config.json`);
+  if (prequantized && options.quantize) {
+    throw new UsageError(
+      `--quantize: ${configDir} is a ${prequantized.method.toUpperCase()} int${prequantized.bits} checkpoint already; drop --quantize`,
+    );
+  }
+  if (prequantized && options.loraRank === 0 && !resume && configDir === modelFlag) {
+    throw new UsageError(
+      `${configDir} is a ${prequantized.method.toUpperCase()} checkpoint: its weights are frozen integers; train LoRA adapters on it (--lora-rank R)`,
+    );
+  }
   const limitGb = numberFlag(flags, "memory-limit", is.positive);
   const plan = planMemory(config, options, {
     seqLength: numberFlag(flags, "seq-length", is.positiveInt),
@@ -169,6 +183,21 @@ async function run(
   }, console.log);
   try {
     const source = await loadRunData(model, options, dataFile);
+    if (options.tisCap > 0 && flags["rollout-server"] === undefined) {
+      throw new UsageError(
+        `the run was recorded with --tis-cap ${options.tisCap}: it needs rollouts from servers (--rollout-server URL)`,
+      );
+    }
+    const servers = flags["rollout-server"] === undefined ? null : await connectRolloutServers(
+      model,
+      options,
+      flags,
+      {
+        step: state?.step ?? 0,
+        loraBase: state?.loraBase ?? model.sourceDir,
+      },
+      console.log,
+    );
     let evaluate: TrainHooks["evaluate"];
     if (evalPath !== null) {
       const { problems, sha256 } = await readEvalData(evalPath);
@@ -185,9 +214,10 @@ async function run(
         maxNewTokens: options.maxNewTokens,
         batchSize: options.microBatch,
         target,
+        sampler: servers?.sampler,
       });
     } else if (dataFile === null && (options.evalEvery > 0 || target !== null)) {
-      evaluate = demoValidation(target);
+      evaluate = demoValidation(target, servers?.sampler);
     }
     return await trainAndReport(model, source, options, {
       flags,
@@ -195,6 +225,8 @@ async function run(
       evaluate,
       record,
       resumeFrom: resume ? `${out}/${CHECKPOINT}` : null,
+      servers,
+      loraBase: state?.loraBase ?? model.sourceDir,
     });
   } finally {
     model.dispose();
@@ -212,6 +244,8 @@ async function trainAndReport(
     evaluate: TrainHooks["evaluate"];
     record: CliRecord;
     resumeFrom: string | null;
+    servers: RolloutServers | null;
+    loraBase: string | null;
   },
 ): Promise<number> {
   const heldOut = heldOutProblems(DEMO_HELD_OUT);
@@ -239,6 +273,12 @@ async function trainAndReport(
       evaluate: o.evaluate,
       shouldStop: () => interrupts.count > 0,
       record: o.record as unknown as Record<string, unknown>,
+      ...(o.servers
+        ? {
+          sampler: o.servers.sampler,
+          afterUpdate: (m: CausalLM, step: number) => o.servers!.sync(m, step, o.loraBase),
+        }
+        : {}),
     }, o.resumeFrom);
     interrupts.training = false;
     if (result.interrupted || interrupts.count > 0) {
@@ -268,6 +308,18 @@ async function trainAndReport(
   } catch (e) {
     if (e instanceof DivergedError) {
       console.error(`error: ${e.message}`);
+      return 1;
+    }
+    if (e instanceof RolloutError) {
+      const saved = `${options.outDir}/${CHECKPOINT}`;
+      const step = await readRunState(saved).then((s) => s.step).catch(() => null);
+      console.error(
+        `error: ${e.message}\n${
+          step === null
+            ? "no checkpoint was saved yet"
+            : `the last checkpoint, ${saved} (step ${step}), is intact: continue with --resume`
+        }`,
+      );
       return 1;
     }
     throw e;

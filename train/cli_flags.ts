@@ -4,7 +4,7 @@
  * and the checks between flags, each error naming the flag.
  * @module
  */
-import { is, numberFlag, parseArgs, type ParsedArgs } from "@std/cli";
+import { is, numberFlag, parseArgs, type ParsedArgs, quantizeFlag } from "@std/cli";
 import { LORA_TARGETS, parseLoraTargets } from "../engine/model/lora.ts";
 import { DEMO_DEFAULTS, DEMO_STEPS } from "../demo/training.ts";
 import { DEMO_HELD_OUT, DEMO_MAX_NEW_TOKENS } from "../demo/task.ts";
@@ -38,7 +38,10 @@ model on its task generator, before/after table on ${DEMO_HELD_OUT} held-out pro
   --lora-rank R            train LoRA adapters of rank R on a frozen base kept in its stored dtype
   --lora-alpha A           LoRA scale alpha / R (default 2 R)
   --lora-targets LIST      ${LORA_TARGETS.join(",")} (default all); checkpoints are PEFT adapters
+  --quantize int4|int8     with LoRA: quantize the frozen base's linear layers at load (QLoRA);
+                           a GPTQ/AWQ checkpoint as --model is quantized already
   --merge                  with LoRA: also write OUT/merged, the base with the adapters folded in
+                           (bf16 when the base is quantized)
   --dry-run                print the GPU memory an update needs (from config.json alone) and exit
   --seq-length N           sequence length the estimate assumes (default: the demo's, or 512 + max-new-tokens)
   --memory-limit GB        refuse a run whose estimate exceeds this (default: this machine's memory)
@@ -70,9 +73,21 @@ Sampling and evaluation:
   --save-every N           checkpoint every N steps (default 0 = at the end)
   --target-accuracy X      stop once greedy validation accuracy reaches X
   --stop-on-collapse F     with --eval-every: stop once validation accuracy falls below F x its best
+Rollouts from inference servers (EM-FT, EM-RL; README "Scaling out"):
+  --rollout-server URLS    comma-separated OpenAI-compatible servers (vLLM, SGLang, deno task serve)
+                           that sample the rollouts and validation; the trainer scores and updates
+  --sync-dir DIR           where the weights are written for the servers after each update: LoRA
+                           adapters, loaded under a new name each step; full fine-tuning's
+                           checkpoint, reloaded by SGLang (default OUT/sync)
+  --async-rollouts         sample step k+1's rollouts while step k updates (one step off-policy)
+  --tis-cap C              EM-RL: weight each token's policy gradient by min(p_trainer / p_rollout, C)
+  --rollout-timeout S      seconds a request may take before it is retried elsewhere (default 600)
+  --rollout-retries N      further attempts of a failed request (default 3)
+  --rollout-api-key KEY    sent as "Authorization: Bearer KEY" (default: $OPENAI_API_KEY, if set)
   --resume                 continue the run in OUT as it was recorded (OUT/checkpoint); only
                            --steps, --save-every, --eval-every, --eval-data, --target-accuracy,
-                           --stop-on-collapse, --micro-batch and --recompute may differ
+                           --stop-on-collapse, --micro-batch, --recompute and the rollout servers
+                           (--async-rollouts included) may differ
   --overwrite              replace the run already in OUT (its metrics, checkpoint/ and best/)
   --no-weight-check        skip the NaN/Inf check of the weights at load (one GPU pass over them)
   --help                   this text
@@ -122,6 +137,13 @@ const STRING_FLAGS = [
   "lora-targets",
   "seq-length",
   "memory-limit",
+  "rollout-server",
+  "sync-dir",
+  "tis-cap",
+  "rollout-timeout",
+  "rollout-retries",
+  "rollout-api-key",
+  "quantize",
 ];
 
 const BOOLEAN_FLAGS = [
@@ -132,6 +154,7 @@ const BOOLEAN_FLAGS = [
   "recompute",
   "merge",
   "dry-run",
+  "async-rollouts",
   "help",
 ];
 
@@ -206,6 +229,9 @@ export function parseTrainFlags(
     ppoEpochs: numberFlag(flags, "ppo-epochs", is.positiveInt) ?? base.ppoEpochs,
     ppoMiniBatch: numberFlag(flags, "ppo-mini-batch", is.nonNegativeInt) ?? base.ppoMiniBatch,
     klCoef: numberFlag(flags, "kl-coef", is.nonNegative) ?? base.klCoef,
+    tisCap: numberFlag(flags, "tis-cap", is.positive) ?? base.tisCap,
+    asyncRollouts: flags["async-rollouts"] === true,
+    quantize: quantizeFlag(flags) ?? null,
   };
   const warnings: string[] = [];
   if (flags.resume && typeof flags.out !== "string") {
@@ -218,11 +244,38 @@ export function parseTrainFlags(
     throw new Error("--resume continues from OUT/checkpoint; --model is not used with it");
   }
   numberFlag(flags, "target-accuracy", is.fraction);
+  numberFlag(flags, "rollout-timeout", is.positive);
+  numberFlag(flags, "rollout-retries", is.nonNegativeInt);
+  const servers = flags["rollout-server"] !== undefined;
+  const needsServers = [
+    "sync-dir",
+    "async-rollouts",
+    "tis-cap",
+    "rollout-timeout",
+    "rollout-retries",
+  ]
+    .find((f) => flags[f] !== undefined && flags[f] !== false);
+  if (needsServers && !servers) {
+    throw new Error(`--${needsServers} is about rollouts from servers: add --rollout-server URL`);
+  }
+  if (servers && !METHODS[method].samples) {
+    throw new Error(`--rollout-server samples rollouts; --method ${method} samples nothing`);
+  }
   if (resume) return { options, flags, demo, warnings }; // the record decides the rest
+  if (flags["tis-cap"] !== undefined && method !== "em-rl") {
+    throw new Error(
+      `--tis-cap weights EM-RL's policy gradient; ${method}'s loss does not depend on which token was sampled`,
+    );
+  }
   const problem = METHODS[method].problem?.(options, options.batchSize);
   if (problem) throw new Error(problem);
   if (rank === 0 && (flags["lora-alpha"] !== undefined || flags["lora-targets"] !== undefined)) {
     throw new Error("--lora-alpha and --lora-targets need --lora-rank R");
+  }
+  if (options.quantize && rank === 0) {
+    throw new Error(
+      "--quantize freezes the base's weights as integers: train LoRA adapters on it (--lora-rank R)",
+    );
   }
   if (flags.merge && rank === 0) {
     throw new Error("--merge folds LoRA adapters into the weights: it needs --lora-rank R");

@@ -21,6 +21,7 @@ const CHANGEABLE: (keyof TrainOptions)[] = [
   "stopOnCollapse",
   "microBatch",
   "recompute",
+  "asyncRollouts",
 ];
 
 /** What the CLI records beside the options (trainer_state.json's `record`). */

@@ -3,9 +3,11 @@
  * checkpoint: the full model, or LoRA adapters on the base they name; a PEFT
  * adapter directory as --model trains those adapters), and the data (the
  * demo generator, or a JSONL file whose every line is checked against the
- * model first), each problem a one-line error naming the file and line.
+ * model first), each problem a one-line error naming the file and line; and
+ * the rollout servers, when rollouts are sampled elsewhere.
  * @module
  */
+import { is, numberFlag, type ParsedArgs } from "@std/cli";
 import { recoverDirectory } from "../engine/atomic.ts";
 import type { CausalLM } from "../engine/model/causal_lm.ts";
 import { loadModel } from "../engine/model/checkpoint.ts";
@@ -24,6 +26,7 @@ import {
 } from "./data.ts";
 import { METHODS } from "./methods.ts";
 import type { TrainOptions } from "./options.ts";
+import { RolloutError, RolloutServers } from "./rollout_servers.ts";
 import { CHECKPOINT } from "./run_state.ts";
 
 /** Why LoRA of rank `rank` cannot adapt these targets (a rank above a layer's size), or null. */
@@ -64,7 +67,11 @@ export async function loadRunModel(
   }
   const lora = isAdapter || o.loraRank > 0;
   // with LoRA the base stays frozen in its stored precision
-  const model = await loadModel(dir, { trainable: !lora, checkFinite: from.checkFinite });
+  const model = await loadModel(dir, {
+    trainable: !lora,
+    checkFinite: from.checkFinite,
+    quantize: o.quantize ?? undefined,
+  });
   try {
     if (!isAdapter && lora) {
       model.setAdapters(LoraAdapters.create(model.config, {
@@ -124,4 +131,46 @@ export async function loadRunData(
     }
   }
   return new ShuffledSource(dataFile, examples, o.seed, sha256);
+}
+
+/**
+ * --rollout-server: the servers, checked before step 1 (each answers and
+ * serves one model; full fine-tuning needs servers that reload weights),
+ * holding the run's current weights (version `step`).
+ */
+export async function connectRolloutServers(
+  model: CausalLM,
+  o: TrainOptions,
+  flags: ParsedArgs,
+  at: { step: number; loraBase: string | null },
+  log: (line: string) => void,
+): Promise<RolloutServers> {
+  const urls = String(flags["rollout-server"]).split(",").map((u) => u.trim()).filter(Boolean);
+  const apiKey = typeof flags["rollout-api-key"] === "string"
+    ? flags["rollout-api-key"]
+    : Deno.env.get("OPENAI_API_KEY") ?? null;
+  const servers = await RolloutServers.connect(urls, model.config.vocabSize, {
+    timeoutSeconds: numberFlag(flags, "rollout-timeout", is.positive) ?? 600,
+    retries: numberFlag(flags, "rollout-retries", is.nonNegativeInt) ?? 3,
+    syncDir: typeof flags["sync-dir"] === "string" ? flags["sync-dir"] : `${o.outDir}/sync`,
+    apiKey,
+    log,
+  });
+  if (!model.adapters) {
+    const problem = servers.fullWeightsProblem();
+    if (problem) throw new RolloutError(problem);
+  }
+  log(
+    `rollouts from ${
+      servers.servers.map((s) => `${s.url} (${s.kind})`).join(", ")
+    }, model ${servers.baseModel}${o.asyncRollouts ? ", one step ahead (--async-rollouts)" : ""}`,
+  );
+  if (servers.servers.some((s) => s.kind === "vllm") && o.temperature !== 1) {
+    log(
+      `note: vLLM reports log-probs of the raw logits unless served with --logprobs-mode processed_logprobs; the mismatch metrics and --tis-cap need the tempered ones (--temperature ${o.temperature})`,
+    );
+  }
+  // the servers may hold anything (another run's weights): they get this run's before step 1
+  await servers.sync(model, at.step, at.loraBase);
+  return servers;
 }

@@ -12,6 +12,7 @@ import {
   type Objective,
   packSequences,
   responseMask,
+  rolloutLogprobsAt,
   rollouts,
   scoredBatch,
 } from "./objective.ts";
@@ -42,6 +43,7 @@ export function emFtObjective(options: EmFtOptions): Objective {
       const batch = scoredBatch(packSequences(r.prompts, r.responses, ctx.pad));
       batch.sampledTokens = r.responses.reduce((s, x) => s + x.length, 0);
       batch.temperature = ctx.temperature;
+      if (r.logprobs) batch.data.rolloutLogp = rolloutLogprobsAt(batch, r.logprobs);
       return batch;
     },
     positionLoss: ({ logits }) => ({ loss: emFtPositionLoss(logits) }),

@@ -14,35 +14,30 @@ import {
   abs,
   add,
   addScalar,
-  concat,
   elementwise,
-  entropy,
   exp,
-  logSoftmax,
   maximum,
   maxScalar,
-  mean,
   minScalar,
   mul,
   mulScalar,
   neg,
   sub,
-  sum,
   tokenLogProb,
 } from "../engine/ops/mod.ts";
-import { keep, noGrad, tidy } from "../engine/scope.ts";
-import { Tensor } from "../engine/tensor.ts";
+import { noGrad } from "../engine/scope.ts";
+import type { Tensor } from "../engine/tensor.ts";
 import { advantages, type Estimator, estimatorProblem } from "./estimators.ts";
+import { scorePositions } from "./scoring.ts";
 import {
-  atTemperature,
   type BatchContext,
   encodePrompts,
   type Method,
   type Objective,
   packSequences,
+  rolloutLogprobsAt,
   rollouts,
   scoredBatch,
-  type StepBatch,
 } from "./objective.ts";
 import { type RewardName, type RewardReduce, REWARDS, type Rollout } from "./rewards.ts";
 
@@ -129,65 +124,6 @@ export function klK3Reference(logp: number, ref: number): { kl: number; dLogp: n
   return { kl, dLogp: raw > -10 && raw < 10 ? -Math.exp(d) + 1 : 0 };
 }
 
-/** Per scored position, with no gradient: log-prob of the target, entropy, and optionally KL(U||p). */
-export async function scorePositions(
-  model: CausalLM,
-  batch: StepBatch,
-  microBatch: number,
-  withSelfCertainty: boolean,
-): Promise<{ logProbs: Float32Array; entropies: Float32Array; selfCertainty?: Float32Array }> {
-  const T = batch.length;
-  const parts: { lp: Tensor; h: Tensor; sc: Tensor | null }[] = [];
-  let at = 0; // index into batch.positions
-  for (let r0 = 0; r0 < batch.rows; r0 += microBatch) {
-    const r1 = Math.min(batch.rows, r0 + microBatch);
-    const local: number[] = [];
-    const targets: number[] = [];
-    while (at < batch.positions.length && batch.positions[at] < r1 * T) {
-      local.push(batch.positions[at] - r0 * T);
-      targets.push(batch.targets[at]);
-      at++;
-    }
-    if (local.length === 0) continue;
-    noGrad(() =>
-      tidy(() => {
-        const hidden = model.hidden(
-          Tensor.from(batch.ids.slice(r0 * T, r1 * T), [r1 - r0, T], { dtype: "i32" }),
-          { attentionMask: batch.mask.slice(r0 * T, r1 * T) },
-        );
-        return model.headAt(hidden, local, (raw, from, to) => {
-          const logits = atTemperature(raw, batch.temperature); // softmax(z / T): what was sampled
-          const t = Tensor.from(targets.slice(from, to), [to - from], { dtype: "i32" });
-          const lp = keep(tokenLogProb(logits, t));
-          const h = keep(entropy(logits));
-          // KL(U || p) = -log|V| - mean_j log p_j
-          const sc = withSelfCertainty
-            ? keep(
-              addScalar(neg(mean(logSoftmax(logits), { axis: -1 })), -Math.log(logits.shape[1])),
-            )
-            : null;
-          parts.push({ lp, h, sc });
-          return sum(lp);
-        });
-      })
-    ).dispose();
-  }
-  const gather = async (xs: Tensor[]) => {
-    if (xs.length === 0) return new Float32Array(0);
-    const all = noGrad(() => (xs.length === 1 ? xs[0].view([xs[0].size]) : concat(xs, 0)));
-    const out = new Float32Array(await all.toArray());
-    all.dispose();
-    xs.forEach((x) => x.dispose());
-    return out;
-  };
-  const [logProbs, entropies, selfCertainty] = await Promise.all([
-    gather(parts.map((p) => p.lp)),
-    gather(parts.map((p) => p.h)),
-    withSelfCertainty ? gather(parts.map((p) => p.sc!)) : Promise.resolve(undefined),
-  ]);
-  return { logProbs, entropies, selfCertainty };
-}
-
 /** The EM-RL objective; `reference` is the frozen initial model (null when klCoef is 0). */
 export function emRlObjective(o: EmRlOptions, reference: CausalLM | null): Objective {
   if (o.klCoef > 0 && !reference) throw new Error("EM-RL: klCoef > 0 needs a reference model");
@@ -201,6 +137,7 @@ export function emRlObjective(o: EmRlOptions, reference: CausalLM | null): Objec
       const batch = scoredBatch(packSequences(r.prompts, r.responses, ctx.pad));
       batch.sampledTokens = r.responses.reduce((s, x) => s + x.length, 0);
       batch.temperature = ctx.temperature;
+      if (r.logprobs) batch.data.rolloutLogp = rolloutLogprobsAt(batch, r.logprobs);
       const policy = await scorePositions(
         ctx.model,
         batch,
@@ -232,6 +169,7 @@ export function emRlObjective(o: EmRlOptions, reference: CausalLM | null): Objec
       });
       const adv = advantages(rewards, o.nSamples, o.estimator);
       batch.data = {
+        ...batch.data,
         old: Array.from(policy.logProbs),
         adv: rowOf.map((row) => adv[row]),
         ...(ref ? { ref: Array.from(ref.logProbs) } : {}),
@@ -253,10 +191,12 @@ export function emRlObjective(o: EmRlOptions, reference: CausalLM | null): Objec
         clipFraction: pg.clipped,
         ratioDeviation: noGrad(() => abs(addScalar(pg.ratio, -1))),
       };
-      if (o.klCoef === 0 || !data.ref) return { loss: pg.loss, stats };
+      // rollouts from servers: truncated importance weights min(pi_old / pi_rollout, C) (trainer.ts)
+      const policyLoss = data.tisWeight ? mul(pg.loss, data.tisWeight) : pg.loss;
+      if (o.klCoef === 0 || !data.ref) return { loss: policyLoss, stats };
       const kl = klK3(logp, data.ref);
       stats.kl = noGrad(() => kl.view(kl.shape));
-      return { loss: add(pg.loss, mulScalar(kl, o.klCoef)), stats };
+      return { loss: add(policyLoss, mulScalar(kl, o.klCoef)), stats };
     },
     updates(batch) {
       const rows = Array.from({ length: batch.rows }, (_, i) => i);

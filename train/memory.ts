@@ -11,6 +11,9 @@
 import { sizeClass } from "../engine/buffer_pool.ts";
 import { type DecoderConfig, linearShapes, parameterCount } from "../engine/model/config.ts";
 import type { LoraTarget } from "../engine/model/lora.ts";
+import { parseQuantizationConfig } from "../engine/quant/checkpoints.ts";
+import { QUANT_SCHEMES, type QuantBits } from "../engine/quant/format.ts";
+import { modelWeightBytes } from "../engine/quant/weight.ts";
 import type { TrainOptions } from "./options.ts";
 
 export { parameterCount };
@@ -23,6 +26,8 @@ export interface MemoryPlan {
   scored: number;
   /** Bytes per stored weight element: 4 (f32 training), or the checkpoint's 2 under LoRA. */
   weightBytes: 2 | 4;
+  /** The layers' linear matrices quantized (frozen: LoRA only), or null. */
+  quant?: { bits: QuantBits; groupSize: number } | null;
   lora: { rank: number; targets: readonly LoraTarget[] } | null;
   recompute: boolean;
   /** EM-RL with a KL term and no LoRA: a frozen f32 copy of the weights. */
@@ -76,7 +81,7 @@ export function estimateTraining(c: DecoderConfig, plan: MemoryPlan): MemoryEsti
   const P = parameterCount(c);
   const { microBatch: m, seqLength: T } = plan;
   const N = m * T;
-  const weights = P * plan.weightBytes;
+  const weights = modelWeightBytes(c, plan.weightBytes, plan.quant ?? null);
   const lora = plan.lora;
   const loraParams = lora
     ? c.numLayers * lora.rank *
@@ -110,6 +115,16 @@ export function estimateTraining(c: DecoderConfig, plan: MemoryPlan): MemoryEsti
   return { weights, adapters: loraParams * 4, gradients, optimizer, reference, activations, total };
 }
 
+/** The quantization a model will have: a GPTQ/AWQ checkpoint's, or --quantize's, or null. */
+export function quantOf(
+  c: DecoderConfig,
+  quantize: "int4" | "int8" | null | undefined,
+): { bits: QuantBits; groupSize: number } | null {
+  const stored = parseQuantizationConfig(c.raw, "config.json");
+  if (stored) return { bits: stored.bits, groupSize: stored.groupSize };
+  return quantize ? QUANT_SCHEMES[quantize] : null;
+}
+
 /** Total system memory in bytes, or null without the permission to read it. */
 export function systemMemory(): number | null {
   const state = Deno.permissions.querySync({ name: "sys", kind: "systemMemoryInfo" }).state;
@@ -133,12 +148,14 @@ export function planMemory(
     Math.min(config.maxPositionEmbeddings, plan.promptLength + o.maxNewTokens);
   const lora = o.loraRank > 0 ? { rank: o.loraRank, targets: o.loraTargets } : null;
   const stored = config.raw.torch_dtype ?? config.raw.dtype;
+  const quant = quantOf(config, o.quantize);
   const estimate = estimateTraining(config, {
     microBatch: o.microBatch,
     seqLength,
     scored: o.microBatch * Math.min(o.maxNewTokens, seqLength),
     // with LoRA the base stays in its stored precision
     weightBytes: lora && stored !== "float32" ? 2 : 4,
+    quant,
     lora,
     recompute: o.recompute,
     reference: o.method === "em-rl" && o.klCoef > 0,
@@ -159,7 +176,9 @@ export function dryRunReport(
       (parameterCount(c) / 1e9).toFixed(2)
     }B parameters), ${o.method}, micro-batch ${o.microBatch}${
       o.loraRank ? `, LoRA rank ${o.loraRank}` : ", full fine-tuning"
-    }${o.recompute ? ", --recompute" : ""}`,
+    }${o.recompute ? ", --recompute" : ""}${
+      quantOf(c, o.quantize) ? `, ${describeQuant(c, o.quantize)} weights` : ""
+    }`,
     `  weights      ${gib(e.weights)}`,
     `  LoRA         ${gib(e.adapters)}`,
     `  gradients    ${gib(e.gradients)}`,
@@ -172,6 +191,14 @@ export function dryRunReport(
     lines.push(`  fits in ${gb} GB: ${e.total <= gb * 1e9 ? "yes" : "no"}`);
   }
   return lines.join("\n");
+}
+
+function describeQuant(c: DecoderConfig, quantize: "int4" | "int8" | null | undefined): string {
+  const stored = parseQuantizationConfig(c.raw, "config.json");
+  const q = quantOf(c, quantize)!;
+  return `${stored ? stored.method.toUpperCase() + " " : ""}int${q.bits} (groups of ${
+    q.groupSize || "a row"
+  })`;
 }
 
 /** The error when an estimate exceeds the limit, with what to change. */

@@ -12,7 +12,8 @@ import type { CausalLM } from "../engine/model/causal_lm.ts";
 import type { Rng } from "../engine/random.ts";
 import { mulScalar } from "../engine/ops/mod.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { generate, leftPad } from "../infer/generate.ts";
+import { leftPad } from "../infer/generate.ts";
+import { localSampler, type Sampler } from "../infer/sampler.ts";
 import { checkExampleFits, encodePrompt, type Example } from "./data.ts";
 
 /** Sequences of a step: ids and mask (B, T) and the padded prompt length P. */
@@ -73,6 +74,8 @@ export interface BatchContext {
   topP: number;
   /** Sequences per forward pass (for the objective's own no-grad passes). */
   microBatch: number;
+  /** Where rollouts are sampled (default: the model in this process). */
+  sampler?: Sampler;
 }
 
 /** What a training run optimises. */
@@ -194,14 +197,20 @@ export function atTemperature(logits: Tensor, temperature: number): Tensor {
   return temperature === 1 ? logits : mulScalar(logits, 1 / temperature);
 }
 
-/** `n` responses per prompt sampled from the model: the prompts repeated and the responses. */
+/**
+ * `n` responses per prompt from the context's sampler (the model in this
+ * process by default): the prompts repeated, the responses, and the
+ * sampler's log-probs of the sampled tokens when it reports them.
+ */
 export async function rollouts(
   ctx: BatchContext,
   prompts: number[][],
   n: number,
-): Promise<{ prompts: number[][]; responses: number[][] }> {
+): Promise<{ prompts: number[][]; responses: number[][]; logprobs?: number[][] }> {
   const repeated = prompts.flatMap((p) => Array.from({ length: n }, () => p));
-  const r = await generate(ctx.model, repeated, {
+  const r = await (ctx.sampler ?? localSampler(ctx.model))({
+    prompts,
+    n,
     maxNewTokens: ctx.maxNewTokens,
     temperature: ctx.temperature,
     topP: ctx.topP,
@@ -209,5 +218,16 @@ export async function rollouts(
     eosTokenIds: ctx.eos,
     padTokenId: ctx.pad,
   });
-  return { prompts: repeated, responses: r.tokens };
+  return { prompts: repeated, responses: r.tokens, logprobs: r.logprobs };
+}
+
+/**
+ * The sampler's log-probs at a batch's scored positions (row-major, as
+ * batch.positions): position t of a row scores response token t - P + 1.
+ */
+export function rolloutLogprobsAt(batch: StepBatch, logprobs: number[][]): number[] {
+  return batch.positions.map((p) => {
+    const row = Math.floor(p / batch.length);
+    return logprobs[row][(p % batch.length) - batch.promptLength + 1];
+  });
 }

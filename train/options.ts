@@ -39,6 +39,16 @@ export interface TrainOptions extends EmFtOptions, EmRlOptions {
   stopOnCollapse: number;
   chat: boolean;
   outDir: string;
+  /**
+   * With rollouts from servers: EM-RL's policy-gradient term at each token is
+   * weighted by min(pi_trainer / pi_rollout, tisCap) (truncated importance
+   * sampling; 0 = off).
+   */
+  tisCap: number;
+  /** With rollouts from servers: step k+1's are sampled while step k updates (one step off-policy). */
+  asyncRollouts: boolean;
+  /** Quantize the frozen base's linear layers at load (LoRA only; engine/quant), or null. */
+  quantize: "int4" | "int8" | null;
 }
 
 export const DEFAULTS: TrainOptions = {
@@ -67,6 +77,9 @@ export const DEFAULTS: TrainOptions = {
   stopOnCollapse: 0,
   chat: false,
   outDir: "runs/em-ft",
+  tisCap: 0,
+  asyncRollouts: false,
+  quantize: null,
 };
 
 /** Learning rate at `step` (1-based): linear warm-up, then constant or cosine to zero. */

@@ -12,7 +12,8 @@ export function fmt(v: number): string {
 /**
  * One step's line: loss, entropy, |g|, lr, the objective's own metrics
  * (`shown`: short name -> key), rollout and update time with their tokens/s,
- * elapsed time and ETA.
+ * with rollout servers the weight sync's time and the rollout/trainer
+ * log-prob mismatch, elapsed time and ETA.
  */
 export function progressLine(
   m: Record<string, number>,
@@ -24,9 +25,13 @@ export function progressLine(
     fmt(m.gradNorm)
   }  lr ${m.lr.toExponential(2)}${own}  rollout ${m.rolloutSeconds.toFixed(1)}s (${
     m.rolloutTokensPerSecond.toFixed(0)
-  } tok/s)  update ${m.updateSeconds.toFixed(1)}s (${
-    m.updateTokensPerSecond.toFixed(0)
-  } tok/s)  elapsed ${o.elapsed.toFixed(0)}s  eta ${o.eta.toFixed(0)}s`;
+  } tok/s)  update ${m.updateSeconds.toFixed(1)}s (${m.updateTokensPerSecond.toFixed(0)} tok/s)${
+    m.syncSeconds === undefined ? "" : `  sync ${m.syncSeconds.toFixed(1)}s`
+  }${
+    m.mismatchAbsLogp === undefined
+      ? ""
+      : `  rollout/trainer |dlogp| ${fmt(m.mismatchAbsLogp)} kl ${fmt(m.mismatchKl)}`
+  }  elapsed ${o.elapsed.toFixed(0)}s  eta ${o.eta.toFixed(0)}s`;
 }
 
 /** GPU memory by category (`own`: the objective's, e.g. referenceBytes), and the process's RSS. */

@@ -18,6 +18,8 @@ import { accumulateGradients } from "./accumulate.ts";
 import type { ExampleSource } from "./data.ts";
 import { METHODS } from "./methods.ts";
 import type { BatchContext, Objective, StepBatch } from "./objective.ts";
+import type { Sampler } from "../infer/sampler.ts";
+import { rolloutMismatch, scorePositions, truncatedImportanceWeights } from "./scoring.ts";
 import { DEFAULTS, learningRate, type TrainOptions } from "./options.ts";
 import { evalLine, fmt, memoryLine, progressLine } from "./progress.ts";
 import {
@@ -49,6 +51,7 @@ export interface StepMetrics {
   /** Seconds in forward/backward/optimizer updates and trained tokens per second. */
   updateSeconds: number;
   updateTokensPerSecond: number;
+  /** Also, with rollout servers: syncSeconds (weights sent), mismatchAbsLogp, mismatchKl, tisCapped. */
   [key: string]: number;
 }
 
@@ -64,6 +67,14 @@ export interface TrainHooks {
   shouldStop?: () => boolean;
   /** Saved with each checkpoint in trainer_state.json's `record` (the CLI's own settings). */
   record?: Record<string, unknown>;
+  /**
+   * Where rollouts are sampled (default: this process's model), e.g. inference
+   * servers (RolloutServers.sampler). Log-probs it reports are compared with
+   * the trainer's (mismatch metrics) and enable tisCap and asyncRollouts.
+   */
+  sampler?: Sampler;
+  /** After each step's update (before its save and evaluation): e.g. the weights sent to the servers. */
+  afterUpdate?: (model: CausalLM, step: number) => Promise<void>;
 }
 
 /** Thrown when the loss or gradient stops being finite; the last good checkpoint is kept. */
@@ -94,6 +105,18 @@ export async function train(
 ): Promise<TrainResult> {
   const o: TrainOptions = { ...DEFAULTS, ...options };
   const log = hooks.log ?? console.log;
+  if ((o.asyncRollouts || o.tisCap > 0) && !hooks.sampler) {
+    throw new Error(
+      `train: ${
+        o.asyncRollouts ? "asyncRollouts" : "tisCap"
+      } needs rollouts from a sampler that reports log-probs (hooks.sampler, e.g. inference servers)`,
+    );
+  }
+  if (o.tisCap > 0 && !hooks.objective && o.method !== "em-rl") {
+    throw new Error(
+      `train: tisCap weights EM-RL's policy gradient; ${o.method}'s loss does not depend on which token was sampled`,
+    );
+  }
   await recoverRun(o.outDir, log);
   if (!model.tokenizer) throw new Error("train: the model directory has no tokenizer.json");
   const resumed: RunState | null = resumeFrom ? await readRunState(resumeFrom) : null;
@@ -129,6 +152,9 @@ export async function train(
   const evaluations: TrainResult["evaluations"] = [];
   let checkpoint: string | null = resumeFrom;
 
+  // where a resumed run continues drawing prompts and seeds: after this step's batch (with
+  // asyncRollouts the next batch is already drawn, so the state is taken before it)
+  let resumePoint = { source: source.state(), sampleRng: sampleRng.state };
   const save = (dir: string, step: number) =>
     saveCheckpoint(dir, {
       model,
@@ -136,8 +162,8 @@ export async function train(
       state: {
         step,
         optimizerStep: opt.step,
-        sampleRng: sampleRng.state,
-        source: source.state(),
+        sampleRng: resumePoint.sampleRng,
+        source: resumePoint.source,
         options: o,
         best,
         referenceDir: initialModelDir,
@@ -179,6 +205,7 @@ export async function train(
   const t0 = performance.now();
   let last = start;
   let interrupted = false;
+  let next: Prefetched | null = null;
   try {
     for (let step = start + 1; step <= o.steps; step++) {
       await hooks.beforeStep?.(step, model);
@@ -189,16 +216,30 @@ export async function train(
       const stepStart = performance.now();
       const liveAtStart = dev.liveBytes;
       dev.resetPeak();
-      const batch = await makeBatch(objective, batchContext(model, o, sampleRng), source, o, {
-        step,
-        lastGood,
-      });
+      const ctx = batchContext(model, o, sampleRng, hooks.sampler);
+      let batch: StepBatch;
+      if (next) {
+        next.release(); // the weights it is scored with are this step's
+        batch = await next.batch;
+        next = null;
+      } else batch = await makeBatch(objective, ctx, source, o, { step, lastGood });
+      resumePoint = { source: source.state(), sampleRng: sampleRng.state };
+      if (o.asyncRollouts && step < o.steps) {
+        next = prefetch(
+          ctx,
+          (c) => makeBatch(objective, c, source, o, { step: step + 1, lastGood }),
+        );
+      }
+      await compareRollouts(model, batch, o);
       const rolloutSeconds = (performance.now() - stepStart) / 1000;
       const rolloutPeak = dev.peakLiveBytes - liveAtStart; // KV cache + rollout activations
       const liveAtUpdate = dev.liveBytes;
       dev.resetPeak();
       const lr = learningRate(o, step);
       const u = await update(model, batch, objective, opt, { ...o, lr, step, lastGood });
+      const syncStart = performance.now();
+      await hooks.afterUpdate?.(model, step);
+      const syncSeconds = (performance.now() - syncStart) / 1000;
       last = step;
       const own = objective.memory?.() ?? {};
       const memory = {
@@ -214,7 +255,7 @@ export async function train(
         rssBytes: Deno.memoryUsage().rss,
       };
       const seconds = (performance.now() - stepStart) / 1000;
-      const updateSeconds = seconds - rolloutSeconds;
+      const updateSeconds = seconds - rolloutSeconds - syncSeconds;
       const tokens = sumOf(batch.mask, 0, batch.mask.length);
       const metrics: StepMetrics = {
         step,
@@ -229,6 +270,7 @@ export async function train(
         rolloutTokensPerSecond: batch.sampledTokens / rolloutSeconds,
         updateSeconds,
         updateTokensPerSecond: u.trainedTokens / updateSeconds,
+        ...(hooks.afterUpdate ? { syncSeconds } : {}),
         ...batch.metrics,
         ...memory,
         ...u.stats,
@@ -258,14 +300,78 @@ export async function train(
       await save(checkpoint, last);
     }
   } finally {
+    (next as Prefetched | null)?.abort(); // rollouts drawn for a step that will not run
     opt.dispose();
     objective.dispose?.();
   }
   return { lastStep: last, history, evaluations, checkpoint, best, interrupted };
 }
 
+/** A batch being made ahead of its step (asyncRollouts). */
+interface Prefetched {
+  batch: Promise<StepBatch>;
+  /** Lets it go past its sampling (scoring uses the weights, so after the update). */
+  release(): void;
+  abort(): void;
+}
+
+/**
+ * Starts making a batch now with the sampler's requests sent at once, but
+ * holds what follows the sampling (the objective's scoring passes) until
+ * release(): the rollouts come from the weights the servers have now (one
+ * step behind), the scoring from the weights after this step's update.
+ */
+function prefetch(
+  ctx: BatchContext,
+  make: (ctx: BatchContext) => Promise<StepBatch>,
+): Prefetched {
+  const released = Promise.withResolvers<void>();
+  const controller = new AbortController();
+  const sampler = ctx.sampler!;
+  const batch = make({
+    ...ctx,
+    sampler: async (r) => {
+      const out = sampler({ ...r, signal: controller.signal });
+      out.catch(() => {}); // rejections are seen when awaited below
+      await released.promise;
+      return await out;
+    },
+  });
+  batch.catch(() => {}); // seen when the next step awaits it
+  return {
+    batch,
+    release: () => released.resolve(),
+    abort: () => controller.abort(new Error("the run stopped")),
+  };
+}
+
+/**
+ * Rollouts from a sampler that reports log-probs: their mismatch with the
+ * trainer's log-probs of the same tokens (EM-RL's old log-probs, else one
+ * no-grad pass) joins the step's metrics; with tisCap, each position's
+ * truncated importance weight joins its data.
+ */
+async function compareRollouts(model: CausalLM, batch: StepBatch, o: TrainOptions): Promise<void> {
+  const rollout = batch.data.rolloutLogp;
+  if (!rollout) return;
+  delete batch.data.rolloutLogp;
+  const trainer = batch.data.old ??
+    (await scorePositions(model, batch, o.microBatch, false)).logProbs;
+  Object.assign(batch.metrics, rolloutMismatch(trainer, rollout));
+  if (o.tisCap > 0) {
+    const w = truncatedImportanceWeights(trainer, rollout, o.tisCap);
+    batch.data.tisWeight = w;
+    batch.metrics.tisCapped = w.filter((x) => x >= o.tisCap).length / Math.max(w.length, 1);
+  }
+}
+
 /** What an objective may use to make a step's batch. */
-function batchContext(model: CausalLM, o: TrainOptions, rng: Rng): BatchContext {
+function batchContext(
+  model: CausalLM,
+  o: TrainOptions,
+  rng: Rng,
+  sampler: Sampler | undefined,
+): BatchContext {
   const eos = model.generation.eosTokenIds;
   return {
     model,
@@ -277,6 +383,7 @@ function batchContext(model: CausalLM, o: TrainOptions, rng: Rng): BatchContext 
     temperature: o.temperature,
     topP: o.topP,
     microBatch: o.microBatch,
+    sampler,
   };
 }
 

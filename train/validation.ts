@@ -8,7 +8,7 @@
 import { readJsonlFile } from "../engine/jsonl.ts";
 import type { CausalLM } from "../engine/model/causal_lm.ts";
 import { answersMatch, extractAnswer } from "../infer/answer.ts";
-import { generate } from "../infer/generate.ts";
+import { localSampler, type Sampler } from "../infer/sampler.ts";
 import { checkEncodable, encodePrompt, type Example } from "./data.ts";
 
 /** Reads `{"prompt" (or "problem"): ..., "answer": ...}` lines; errors name FILE:LINE. */
@@ -37,17 +37,33 @@ export async function readEvalData(path: string): Promise<{ problems: Example[];
  */
 export function problemValidation(
   problems: Example[],
-  o: { chat: boolean; maxNewTokens: number; batchSize: number; target: number | null },
+  o: {
+    chat: boolean;
+    maxNewTokens: number;
+    batchSize: number;
+    target: number | null;
+    /** Decode there instead of in this process (e.g. the rollout servers). */
+    sampler?: Sampler;
+  },
 ): (model: CausalLM) => Promise<Record<string, number>> {
   return async (model) => {
     const tok = model.tokenizer!;
+    const sample = o.sampler ?? localSampler(model);
+    const eos = model.generation.eosTokenIds;
     let correct = 0;
     let tokens = 0;
     for (let i = 0; i < problems.length; i += o.batchSize) {
       const part = problems.slice(i, i + o.batchSize);
-      const r = await generate(model, part.map((p) => encodePrompt(tok, p.prompt, o.chat)), {
+      const r = await sample({
+        prompts: part.map((p) => encodePrompt(tok, p.prompt, o.chat)),
+        n: 1,
         greedy: true,
         maxNewTokens: o.maxNewTokens,
+        temperature: 1,
+        topP: 1,
+        seed: 0,
+        eosTokenIds: eos,
+        padTokenId: model.generation.padTokenId ?? eos[0] ?? 0,
       });
       r.tokens.forEach((ids, k) => {
         tokens += ids.length;

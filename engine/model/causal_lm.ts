@@ -7,13 +7,17 @@ import { DTYPE_BYTES, type Tensor } from "../tensor.ts";
 import type { DecoderConfig } from "./config.ts";
 import type { KeyValueCache, KVCache } from "./kv_cache.ts";
 import type { LoraAdapters } from "./lora.ts";
+import type { QuantizedWeight } from "../quant/weight.ts";
 import type { QwenTokenizer } from "./tokenizer.ts";
 
 /** A named parameter; tables too large for one binding are split into row chunks. */
 export interface Parameter {
   name: string;
   shape: number[];
+  /** Its GPU tensors (a quantized matrix's codes and scales). */
   chunks: Tensor[];
+  /** A frozen quantized matrix (engine/quant), whose tensors `chunks` lists. */
+  quant?: QuantizedWeight;
 }
 
 /** Options of CausalLM.forward. */

@@ -13,9 +13,25 @@ import { exists, parentOf } from "../paths.ts";
 import { type RawTensor, toFloat32, writeSafetensors } from "../safetensors.ts";
 import { keep } from "../scope.ts";
 import { f32ToBf16, f32ToF16, numel, type Tensor } from "../tensor.ts";
-import { tensorFromRaw, tensorToRaw } from "../tensor_io.ts";
+import { tensorFromRaw, tensorsToRaw } from "../tensor_io.ts";
 import type { CausalLM, GenerationDefaults, Parameter } from "./causal_lm.ts";
-import { ConfigError, type DecoderConfig, decoderParameters, tokenIdList } from "./config.ts";
+import {
+  ConfigError,
+  type DecoderConfig,
+  decoderParameters,
+  LINEAR_LAYERS,
+  tokenIdList,
+} from "./config.ts";
+import { parseQuantizationConfig, repackQuantized } from "../quant/checkpoints.ts";
+import {
+  dequantizeMatrix,
+  layoutProblem,
+  type PackedMatrix,
+  QUANT_SCHEMES,
+  quantizeMatrix,
+  type QuantScheme,
+} from "../quant/format.ts";
+import { QuantizedWeight } from "../quant/weight.ts";
 import { DecoderLM } from "./decoder.ts";
 import { type Adapter, LoraAdapters } from "./lora.ts";
 import { isQwenConfig, parseQwenConfig } from "./qwen.ts";
@@ -55,8 +71,27 @@ export async function readConfig(dir: string): Promise<DecoderConfig> {
   return parseConfig(raw as Record<string, unknown>, path);
 }
 
+/** A linear's parameter holding a quantized matrix. */
+function quantizedParameter(
+  name: string,
+  shape: number[],
+  packed: PackedMatrix,
+  chunkBytes?: number,
+): Parameter {
+  const quant = QuantizedWeight.upload(packed, chunkBytes);
+  quant.tensors().forEach((t) => keep(t));
+  return { name, shape, chunks: quant.tensors(), quant };
+}
+
 /** Options of loadModel. */
 export interface LoadOptions {
+  /**
+   * Quantize the decoder layers' linear weights at load (frozen, packed on the
+   * GPU: engine/quant): "int4"/"int8" take QUANT_SCHEMES' group size and
+   * symmetry. A GPTQ/AWQ checkpoint (config.json quantization_config) is
+   * loaded as published without it.
+   */
+  quantize?: "int4" | "int8" | QuantScheme;
   /** "f32" upcasts every weight (for training); "stored" keeps bf16/f16 as stored (default). */
   dtype?: "f32" | "stored";
   /** Parameters require grad (implies dtype "f32"). */
@@ -187,10 +222,58 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     );
   }
   const toF32 = options.trainable || options.dtype === "f32";
+  const stored = parseQuantizationConfig(config.raw, `${dir}/config.json`);
+  if (stored && options.quantize) {
+    throw new Error(
+      `${dir}: the checkpoint is already quantized (quantization_config ${stored.method} int${stored.bits}); load it without quantize (--quantize)`,
+    );
+  }
+  if ((stored || options.quantize) && options.trainable) {
+    throw new Error(
+      `${dir}: quantized weights are frozen: train LoRA adapters on them (--lora-rank R)`,
+    );
+  }
+  const scheme = typeof options.quantize === "string"
+    ? QUANT_SCHEMES[options.quantize]
+    : options.quantize ?? null;
+  const linears = new Set(
+    Array.from({ length: config.numLayers }, (_, i) => config.names.layer(i))
+      .flatMap((n) => LINEAR_LAYERS.map((t) => n[t])),
+  );
   const ckpt = await Checkpoint.open(dir);
   const parameters: Parameter[] = [];
+  const read: string[] = []; // checkpoint tensors used
   try {
     for (const [name, shape] of decoderParameters(config)) {
+      if (stored && linears.has(name)) {
+        // a GPTQ/AWQ linear: <prefix>.qweight, qzeros, scales (and g_idx)
+        const prefix = name.replace(/\.weight$/, "");
+        const get = async (suffix: string, optional = false) => {
+          const key = `${prefix}.${suffix}`;
+          if (!ckpt.entry(key)) {
+            if (optional) return null;
+            throw new Error(
+              `${dir}: checkpoint has no tensor "${key}" (quantization_config ${stored.method})`,
+            );
+          }
+          read.push(key);
+          return await ckpt.read(key);
+        };
+        const packed = repackQuantized(
+          prefix,
+          {
+            qweight: (await get("qweight"))!,
+            qzeros: (await get("qzeros"))!,
+            scales: (await get("scales"))!,
+            gIdx: stored.method === "gptq" ? await get("g_idx", true) : null,
+          },
+          shape[0],
+          shape[1],
+          stored,
+        );
+        parameters.push(quantizedParameter(name, shape, packed, options.chunkBytes));
+        continue;
+      }
       const entry = ckpt.entry(name);
       if (!entry) {
         throw new Error(`${dir}: checkpoint has no tensor "${name}" (needed by config.json)`);
@@ -208,12 +291,21 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
         );
       }
       const raw = await ckpt.read(name);
+      read.push(name);
+      if (
+        scheme && linears.has(name) &&
+        layoutProblem(shape[1], scheme.groupSize || shape[1]) === null
+      ) {
+        const packed = quantizeMatrix(toFloat32(raw), shape[0], shape[1], scheme);
+        parameters.push(quantizedParameter(name, shape, packed, options.chunkBytes));
+        continue;
+      }
       // vectors (norms, biases) are small: always f32
       const chunks = uploadChunks(raw, name, toF32 || shape.length === 1, options.chunkBytes);
       if (options.trainable) chunks.forEach((t) => t.requiresGrad = true);
       parameters.push({ name, shape, chunks });
     }
-    checkUnused(dir, config, ckpt.names, options.warn ?? console.warn);
+    checkUnused(dir, config, ckpt.names, read, options.warn ?? console.warn);
     if (options.checkFinite !== false) await checkFinite(parameters, ckpt);
   } catch (e) {
     parameters.forEach((p) => p.chunks.forEach((t) => t.dispose()));
@@ -253,9 +345,10 @@ function checkUnused(
   dir: string,
   config: DecoderConfig,
   names: string[],
+  read: string[],
   warn: (message: string) => void,
 ): void {
-  const used = new Set(decoderParameters(config).map(([n]) => n));
+  const used = new Set([...decoderParameters(config).map(([n]) => n), ...read]);
   if (config.tieWordEmbeddings) used.add(config.names.lmHead); // tied: the same tensor
   const unused = names.filter((n) => !used.has(n) && !n.endsWith("rotary_emb.inv_freq"));
   const layer = unused.find((n) => config.names.layerOf(n) !== null);
@@ -273,7 +366,8 @@ function checkUnused(
 }
 
 /** Throws naming the first parameter (in checkpoint order) that holds NaN or Inf. */
-async function checkFinite(parameters: Parameter[], ckpt: Checkpoint): Promise<void> {
+async function checkFinite(all: Parameter[], ckpt: Checkpoint): Promise<void> {
+  const parameters = all.filter((p) => !p.quant); // integer codes; their scales were f16-rounded
   const counts = await nonFiniteCounts(parameters.flatMap((p) => p.chunks));
   let at = 0;
   for (const p of parameters) {
@@ -338,27 +432,37 @@ export async function saveModel(
       { dtype: RawTensor["dtype"]; shape: number[]; data: Uint8Array }
     >();
     let dtype: RawTensor["dtype"] = "F32";
+    const quantized = model.parameters.filter((p) => p.quant);
+    if (quantized.length && !options.merge) {
+      throw new Error(
+        `saveModel: ${
+          quantized[0].name
+        } is quantized (frozen): save the LoRA adapters trained on it, or merge them into a bf16 checkpoint (merge: true, CLI --merge)`,
+      );
+    }
+    const chunks: (RawTensor | null)[] = await tensorsToRaw(
+      model.parameters.flatMap((p) => p.chunks),
+    );
+    let next = 0;
     for (const p of model.parameters) {
-      const parts = await Promise.all(p.chunks.map(tensorToRaw));
-      const bytes = new Uint8Array(parts.reduce((s, r) => s + r.data.byteLength, 0));
-      let at = 0;
-      for (const r of parts) {
-        bytes.set(r.data, at);
-        at += r.data.byteLength;
-      }
+      const parts = chunks.slice(next, next + p.chunks.length) as RawTensor[];
+      chunks.fill(null, next, next += p.chunks.length); // a chunked weight's pieces go once joined
+      tensors.set(p.name, await joinChunks(p, parts, options.merge ? model.adapters : null));
       if (p.shape.length === 2) dtype = parts[0].dtype;
-      const raw: RawTensor = { dtype: parts[0].dtype, shape: p.shape, data: bytes };
-      // with LoRA adapters and `merge`: W + (alpha / r)·B·A, in W's own dtype
-      const adapter = options.merge ? model.adapters?.byWeight.get(p.name) : undefined;
-      tensors.set(p.name, adapter ? await mergeAdapter(raw, adapter) : raw);
     }
     await writeSafetensors(`${tmp}/model.safetensors`, tensors, {
       format: "pt",
       ...options.metadata,
     });
+    // quantized weights are written dequantized, in bf16: a full-precision checkpoint
+    const { quantization_config: _, ...raw } = model.config.raw;
     const config = {
-      ...model.config.raw,
-      dtype: dtype === "BF16" ? "bfloat16" : dtype === "F16" ? "float16" : "float32",
+      ...raw,
+      dtype: quantized.length || dtype === "BF16"
+        ? "bfloat16"
+        : dtype === "F16"
+        ? "float16"
+        : "float32",
     };
     await atomicWrite(`${tmp}/config.json`, async (f) => {
       await f.write(new TextEncoder().encode(JSON.stringify(config, null, 2) + "\n"));
@@ -378,6 +482,40 @@ export async function saveModel(
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;
   }
+}
+
+/** A parameter's chunks as one raw tensor; with `adapters`, its LoRA term folded in. */
+async function joinChunks(
+  p: Parameter,
+  parts: RawTensor[],
+  adapters: LoraAdapters | null,
+): Promise<RawTensor> {
+  const adapter = adapters?.byWeight.get(p.name);
+  if (p.quant) {
+    // dequantized in float64, the adapter added, rounded once to bf16
+    const w = dequantizeMatrix(p.quant.packed(parts.map((r) => r.data)));
+    const f32: RawTensor = {
+      dtype: "F32",
+      shape: p.shape,
+      data: new Uint8Array(Float32Array.from(w).buffer),
+    };
+    const merged = adapter ? await mergeAdapter(f32, adapter) : f32;
+    const values = toFloat32(merged);
+    const bf16 = Uint16Array.from(values, f32ToBf16);
+    return { dtype: "BF16", shape: p.shape, data: new Uint8Array(bf16.buffer) };
+  }
+  let data = parts[0].data;
+  if (parts.length > 1) {
+    data = new Uint8Array(parts.reduce((s, r) => s + r.data.byteLength, 0));
+    let at = 0;
+    for (const r of parts) {
+      data.set(r.data, at);
+      at += r.data.byteLength;
+    }
+  }
+  const raw: RawTensor = { dtype: parts[0].dtype, shape: p.shape, data };
+  // W + (alpha / r)·B·A, in W's own dtype
+  return adapter ? await mergeAdapter(raw, adapter) : raw;
 }
 
 /** W + scale·B·A for a raw weight (out, in) in its dtype, computed in float64 on the CPU. */

@@ -29,6 +29,8 @@ import {
   slice,
 } from "../ops/mod.ts";
 import { linearQkv, linearSiluMul } from "../ops/matmul.ts";
+import { quantLinear } from "../ops/quant_matmul.ts";
+import { QuantizedWeight } from "../quant/weight.ts";
 import { gradEnabled } from "../scope.ts";
 import { Tensor } from "../tensor.ts";
 import type { CausalLM, ForwardOptions, GenerationDefaults, Parameter } from "./causal_lm.ts";
@@ -37,11 +39,14 @@ import { type KeyValueCache, KVCache } from "./kv_cache.ts";
 import { type LoraAdapters, withLora } from "./lora.ts";
 import type { QwenTokenizer } from "./tokenizer.ts";
 
-/** A weight (out, in) as row chunks (output features) that each fit a binding. */
-type Chunked = Tensor[];
+/**
+ * A linear's weight (out, in): row chunks (output features) that each fit a
+ * binding, or a frozen quantized matrix.
+ */
+type Weight = Tensor[] | QuantizedWeight;
 
 /** One layer's weights, with the checkpoint names of its linear layers (for LoRA). */
-interface Layer extends Record<LinearName, Chunked> {
+interface Layer extends Record<LinearName, Weight> {
   inputNorm: Tensor;
   postNorm: Tensor;
   qBias: Tensor | null;
@@ -55,11 +60,19 @@ interface Layer extends Record<LinearName, Chunked> {
 /** Every weight tensor of a layer. */
 function layerTensors(L: Layer): Tensor[] {
   const { names: _, ...weights } = L;
-  return Object.values(weights).flatMap((v) => (v === null ? [] : Array.isArray(v) ? v : [v]));
+  return Object.values(weights).flatMap((v) =>
+    v === null ? [] : v instanceof QuantizedWeight ? v.tensors() : Array.isArray(v) ? v : [v]
+  );
 }
 
-/** x·Wᵀ + b with W split by output rows: the chunks' outputs are concatenated. */
-function chunkedLinear(x: Tensor, w: Chunked, bias: Tensor | null = null): Tensor {
+/** A weight kept whole in one float tensor (the fused kernels' operand), or null. */
+function whole(w: Weight): Tensor | null {
+  return Array.isArray(w) && w.length === 1 ? w[0] : null;
+}
+
+/** x·Wᵀ + b with W split by output rows (the chunks' outputs concatenated) or quantized. */
+function chunkedLinear(x: Tensor, w: Weight, bias: Tensor | null = null): Tensor {
+  if (w instanceof QuantizedWeight) return quantLinear(x, w, bias);
   if (w.length === 1) return linear(x, w[0], bias);
   const y = concat(w.map((part) => matmul(x, part, { transB: true })), -1);
   return bias ? add(y, bias) : y;
@@ -140,12 +153,16 @@ function fusedLayer(
   const { c } = s;
   // one GEMV dispatch serves weights kept whole and without an adapter
   const single = (name: LinearName) =>
-    L[name].length === 1 && !s.adapters?.byWeight.has(L.names[name]);
+    whole(L[name]) !== null && !s.adapters?.byWeight.has(L.names[name]);
   const biases = [L.qBias, L.kBias, L.vBias];
   const qkvFusable = single("q") && single("k") && single("v") &&
     (biases.every((b) => b) || biases.every((b) => !b));
   const [qLin, kLin, vLin] = (qkvFusable &&
-    linearQkv(h, [L.q[0], L.k[0], L.v[0]], L.qBias ? biases as [Tensor, Tensor, Tensor] : null)) ||
+    linearQkv(
+      h,
+      [whole(L.q)!, whole(L.k)!, whole(L.v)!],
+      L.qBias ? biases as [Tensor, Tensor, Tensor] : null,
+    )) ||
     [
       project(s, L, "q", h, L.qBias),
       project(s, L, "k", h, L.kBias),
@@ -160,7 +177,7 @@ function fusedLayer(
     : attend(s, L, i, rope(qHeads, s.cos, s.sin), rope(kHeads, s.cos, s.sin), v);
   const [x1, mlpIn] = addRmsNorm(x, attn, L.postNorm, c.rmsNormEps);
   const gated =
-    (single("gate") && single("up") ? linearSiluMul(mlpIn, L.gate[0], L.up[0]) : null) ??
+    (single("gate") && single("up") ? linearSiluMul(mlpIn, whole(L.gate)!, whole(L.up)!) : null) ??
       siluMul(project(s, L, "gate", mlpIn), project(s, L, "up", mlpIn));
   return addRmsNorm(x1, project(s, L, "down", gated), nextNorm, c.rmsNormEps);
 }
@@ -199,24 +216,25 @@ export class DecoderLM implements CausalLM {
       return p.chunks;
     };
     const one = (name: string) => all(name)[0];
+    const linearOf = (name: string) => this.#byName.get(name)?.quant ?? all(name);
     const maybe = (name: string | null) => (name && this.#byName.has(name) ? one(name) : null);
     this.#layers = Array.from({ length: config.numLayers }, (_, i) => {
       const n = config.names.layer(i);
       return {
         inputNorm: one(n.inputNorm),
         postNorm: one(n.postNorm),
-        q: all(n.q),
-        k: all(n.k),
-        v: all(n.v),
-        o: all(n.o),
+        q: linearOf(n.q),
+        k: linearOf(n.k),
+        v: linearOf(n.v),
+        o: linearOf(n.o),
         qBias: maybe(n.qBias),
         kBias: maybe(n.kBias),
         vBias: maybe(n.vBias),
         qNorm: maybe(n.qNorm),
         kNorm: maybe(n.kNorm),
-        gate: all(n.gate),
-        up: all(n.up),
-        down: all(n.down),
+        gate: linearOf(n.gate),
+        up: linearOf(n.up),
+        down: linearOf(n.down),
         names: { q: n.q, k: n.k, v: n.v, o: n.o, gate: n.gate, up: n.up, down: n.down },
       };
     });

@@ -10,7 +10,8 @@
 import { add, matmul, mulScalar } from "../ops/mod.ts";
 import { atomicWrite } from "../atomic.ts";
 import { readSafetensors, writeSafetensors } from "../safetensors.ts";
-import { tensorFromRaw, tensorToRaw } from "../tensor_io.ts";
+import { tensorFromRaw } from "../tensor_io.ts";
+import { device } from "../device.ts";
 import { keep } from "../scope.ts";
 import { Tensor } from "../tensor.ts";
 import { type DecoderConfig, LINEAR_LAYERS, type LinearName, linearShapes } from "./config.ts";
@@ -93,13 +94,19 @@ export class LoraAdapters {
   async save(dir: string, baseModel: string | null): Promise<void> {
     await Deno.mkdir(dir, { recursive: true });
     const tensors = new Map<string, { dtype: "F32"; shape: number[]; data: Uint8Array }>();
-    for (const [weight, a] of this.byWeight) {
-      const prefix = `base_model.model.${modulePath(weight)}`;
-      for (const [kind, t] of [["lora_A", a.A], ["lora_B", a.B]] as const) {
-        const raw = await tensorToRaw(t);
-        tensors.set(`${prefix}.${kind}.weight`, { dtype: "F32", shape: raw.shape, data: raw.data });
-      }
-    }
+    const all = [...this.byWeight].flatMap(([weight, a]) =>
+      ([["lora_A", a.A], ["lora_B", a.B]] as const).map(([kind, t]) => ({
+        name: `base_model.model.${modulePath(weight)}.${kind}.weight`,
+        t,
+      }))
+    );
+    // one readback for all of them (each read waits about 11 ms in Deno)
+    const bytes = await device().readMany(
+      all.map(({ t }) => ({ buffer: t.buffer, bytes: 4 * t.size })),
+    );
+    all.forEach(({ name, t }, i) =>
+      tensors.set(name, { dtype: "F32", shape: [...t.shape], data: new Uint8Array(bytes[i]) })
+    );
     await writeSafetensors(`${dir}/adapter_model.safetensors`, tensors, { format: "pt" });
     const modules = [
       ...new Set([...this.byWeight.keys()].map((w) => modulePath(w).split(".").at(-1)!)),

@@ -164,7 +164,7 @@ export function gemvBias(x: Tensor, w: Tensor, bias: Tensor): Tensor | null {
  * or fewer for a product of few rows, so that no workgroup launches idle rows
  * (a CPU adapter runs them all). Each output's arithmetic is the same.
  */
-function tileRowsPerGroup(M: number): number {
+export function tileRowsPerGroup(M: number): number {
   return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; // powers of 2: few pipelines to compile
 }
 

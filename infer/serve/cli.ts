@@ -6,7 +6,8 @@
  * exits 0.
  * @module
  */
-import { is, numberFlag, parseArgs, type ParsedArgs } from "@std/cli";
+import { is, numberFlag, parseArgs, type ParsedArgs, quantizeFlag } from "@std/cli";
+import { inferenceDryRun } from "../memory.ts";
 import { initDeviceOrExplain } from "../../engine/device.ts";
 import { loadModel } from "../../engine/model/checkpoint.ts";
 import { LoraAdapters } from "../../engine/model/lora.ts";
@@ -19,7 +20,8 @@ const HELP = `deno task serve [flags]
 
 Serves a Hugging Face Qwen checkpoint through OpenAI's API (as vLLM does):
 /v1/models, /v1/completions, /v1/chat/completions (streaming with server-sent
-events), /v1/load_lora_adapter, /v1/unload_lora_adapter, /health, /metrics.
+events), /v1/load_lora_adapter, /v1/unload_lora_adapter, /health, /metrics, and
+SGLang's /update_weights_from_disk {"model_path"} (a trainer's new weights).
 Requests may add "em_inf": true (or {lr, steps, kl, threshold}),
 "adaptive_temperature": {alpha, delta}, "entropy": true, "return_token_ids": true.
 
@@ -34,6 +36,9 @@ Requests may add "em_inf": true (or {lr, steps, kl, threshold}),
   --max-queue N             requests waiting beyond the running ones before 429 (default 256)
   --max-body-kb N           largest request body (default 1024 KiB)
   --drain-seconds S         on SIGTERM, how long running requests may finish (default 30)
+  --quantize int4|int8      quantize the linear layers at load (GPTQ/AWQ checkpoints need not)
+  --dry-run                 print the GPU memory serving needs (weights, the KV cache of
+                            --max-batch x --max-model-len, prefill, EM-INF) from config.json; exit
   --no-weight-check         skip the NaN/Inf check of the weights at load
   --help`;
 
@@ -51,9 +56,10 @@ export function parseServeFlags(args: string[]) {
       "max-queue",
       "max-body-kb",
       "drain-seconds",
+      "quantize",
     ],
     collect: ["lora"],
-    boolean: ["no-weight-check", "help"],
+    boolean: ["no-weight-check", "dry-run", "help"],
   });
   const lora = ((flags.lora as string[] | undefined) ?? []).map((spec) => {
     const m = /^([^=]+)=(.+)$/.exec(spec);
@@ -76,6 +82,7 @@ export function parseServeFlags(args: string[]) {
     maxBodyBytes: (numberFlag(flags, "max-body-kb", is.positiveInt) ?? 1024) * 1024,
     drainSeconds: numberFlag(flags, "drain-seconds", is.nonNegative) ?? 30,
     checkFinite: !flags["no-weight-check"],
+    quantize: quantizeFlag(flags),
   };
   const names = [o.name, ...lora.map((l) => l.name)];
   const twice = names.find((n, i) => names.indexOf(n) !== i);
@@ -96,11 +103,31 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
   const o = parsed.options;
+  if (parsed.flags["dry-run"]) {
+    try {
+      console.log(
+        await inferenceDryRun(o.model ?? DEMO_MODEL, {
+          batch: o.maxBatch,
+          context: o.maxModelLen,
+          contextCap: 2048, // --max-model-len's default
+          quantize: o.quantize,
+          emInf: true, // any request may ask for it
+        }),
+      );
+      return 0;
+    } catch (e) {
+      console.error(`error: ${(e as Error).message}`);
+      return 1;
+    }
+  }
   if (!await initDeviceOrExplain()) return 1;
   const adapters = new Map<string, { adapters: LoraAdapters; path: string }>();
   let model;
   try {
-    model = await loadModel(o.model ?? DEMO_MODEL, { checkFinite: o.checkFinite });
+    model = await loadModel(o.model ?? DEMO_MODEL, {
+      checkFinite: o.checkFinite,
+      quantize: o.quantize,
+    });
     if (!model.tokenizer) throw new Error(`${o.model}/tokenizer.json not found: serving needs it`);
     for (const l of o.lora) {
       adapters.set(l.name, { adapters: await LoraAdapters.load(l.dir, model.config), path: l.dir });
@@ -140,7 +167,6 @@ export async function main(args: string[]): Promise<number> {
     `compiled the decoding pipelines in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
   );
   const handler = createHandler({
-    model,
     engine,
     metrics,
     modelName: o.name,
@@ -201,7 +227,7 @@ export async function main(args: string[]): Promise<number> {
   }
   await Promise.race([stopped.promise, server.finished]);
   engine.dispose();
-  model.dispose();
+  engine.model.dispose();
   console.log("stopped");
   return 0;
 }

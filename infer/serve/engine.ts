@@ -183,7 +183,8 @@ interface Pending {
 }
 
 export class Engine {
-  readonly model: CausalLM;
+  /** The model served (replaced whole by replaceModel). */
+  model: CausalLM;
   readonly options: EngineOptions;
   readonly stats: EngineStats = {
     running: 0,
@@ -202,6 +203,10 @@ export class Engine {
   #loop: Promise<void> | null = null;
   #stopping = false;
   #error: Error | null = null;
+  /** Set while replaceModel waits for the running sequences to end: none are admitted. */
+  #paused: Promise<void> | null = null;
+  /** The loop has sequences running or a step still being read. */
+  #busy = false;
 
   constructor(model: CausalLM, options: EngineOptions) {
     this.model = model;
@@ -277,6 +282,29 @@ export class Engine {
     this.#cache.lengths.fill(0);
   }
 
+  /**
+   * Serves `next` instead of the current model, which is returned (the
+   * caller disposes it): new sequences wait while the running ones finish on
+   * the old weights (as SGLang's update_weights_from_disk), then the swap.
+   */
+  async replaceModel(next: CausalLM): Promise<CausalLM> {
+    while (this.#paused) await this.#paused;
+    const done = Promise.withResolvers<void>();
+    this.#paused = done.promise;
+    try {
+      while (this.#slots.some((s) => s !== null) || this.#busy) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const old = this.model;
+      this.model = next;
+      return old;
+    } finally {
+      this.#paused = null;
+      done.resolve();
+      this.#wake?.();
+    }
+  }
+
   /** Stops admitting; resolves when every running and waiting sequence has ended. */
   async drain(): Promise<void> {
     this.#stopping = true;
@@ -303,9 +331,10 @@ export class Engine {
       const active = this.#slots.filter((s): s is Sequence => s !== null);
       this.stats.running = active.length;
       this.stats.waiting = this.#waiting.length;
+      this.#busy = active.length > 0 || pending !== null;
       if (active.length === 0 && !pending) {
-        if (this.#waiting.length === 0) {
-          if (this.#stopping) return;
+        if (this.#waiting.length === 0 || this.#paused) {
+          if (this.#stopping && this.#waiting.length === 0) return;
           await new Promise<void>((r) => this.#wake = r);
           this.#wake = null;
         }
@@ -341,6 +370,7 @@ export class Engine {
    * into their slots and samples each one's first token.
    */
   #admit(): ReadPart[] {
+    if (this.#paused) return [];
     const free = this.#slots.map((s, i) => (s ? -1 : i)).filter((i) => i >= 0);
     const joiners = this.#waiting.splice(0, free.length);
     this.stats.waiting = this.#waiting.length;
@@ -560,7 +590,8 @@ export class Engine {
     s.ids.push(info.id);
     this.stats.generationTokens++;
     const isStop = (!p.ignoreEos && eos.includes(info.id)) || p.stopTokenIds.includes(info.id);
-    if (!isStop) s.queueToken(info);
+    // as vLLM: the stop token is in token_ids and logprobs, not in the text
+    s.queueToken(info);
     const ids = isStop ? s.ids.slice(0, -1) : s.ids;
     let text = tok.decode(ids, { skipSpecialTokens: true });
     let reason: ChoiceEvent["finishReason"] | undefined = isStop ? "stop" : undefined;

@@ -1,7 +1,9 @@
 /**
  * The HTTP side of `deno task serve`: OpenAI's endpoints as vLLM serves them
  * (/v1/models, /v1/completions, /v1/chat/completions with server-sent events,
- * /v1/load_lora_adapter, /v1/unload_lora_adapter), /health and /metrics.
+ * /v1/load_lora_adapter, /v1/unload_lora_adapter), SGLang's
+ * /update_weights_from_disk (a trainer's full fine-tuning reaching the
+ * server), /health and /metrics.
  * Every error is OpenAI's shape {"error": {message, type, param, code}}; a
  * body over the limit is 413, a full queue 429 with Retry-After; a client
  * that goes away cancels its request and frees its slot. No request can
@@ -10,8 +12,9 @@
  */
 import { device } from "../../engine/device.ts";
 import type { CausalLM } from "../../engine/model/causal_lm.ts";
+import { loadModel } from "../../engine/model/checkpoint.ts";
 import { LoraAdapters } from "../../engine/model/lora.ts";
-import { type ChoiceEvent, Engine, type GenerationRequest, QueueFullError } from "./engine.ts";
+import { type ChoiceEvent, type Engine, type GenerationRequest, QueueFullError } from "./engine.ts";
 import type { Metrics } from "./metrics.ts";
 import {
   ApiError,
@@ -23,7 +26,7 @@ import {
 } from "./openai.ts";
 
 export interface ServerOptions {
-  model: CausalLM;
+  /** The engine, which holds the model served. */
   engine: Engine;
   metrics: Metrics;
   /** The name clients use for the base model. */
@@ -102,6 +105,7 @@ export function createHandler(o: ServerOptions): (req: Request) => Promise<Respo
         { headers: { "content-type": "text/plain; version=0.0.4" } },
       );
     }
+    if (path === "/update_weights_from_disk") return await updateWeights(req);
     if (!path.startsWith("/v1/")) throw new ApiError(404, `no route ${req.method} ${path}`);
     if (o.apiKey !== null && req.headers.get("authorization") !== `Bearer ${o.apiKey}`) {
       throw new ApiError(401, "a valid API key is required (Authorization: Bearer KEY)");
@@ -119,7 +123,7 @@ export function createHandler(o: ServerOptions): (req: Request) => Promise<Respo
               object: "model",
               created,
               owned_by: "em-webgpu",
-              root: o.model.sourceDir,
+              root: o.engine.model.sourceDir,
               parent: null,
               max_model_len: o.engine.options.maxModelLen,
             },
@@ -138,7 +142,7 @@ export function createHandler(o: ServerOptions): (req: Request) => Promise<Respo
         post(path);
         const body = await readBody(req, o.maxBodyBytes);
         const chat = path === "/v1/chat/completions";
-        const tok = o.model.tokenizer!;
+        const tok = o.engine.model.tokenizer!;
         const parsed = chat ? parseChat(body, tok) : parseCompletion(body, tok);
         return generateResponse(req, parsed, chat);
       }
@@ -158,7 +162,7 @@ export function createHandler(o: ServerOptions): (req: Request) => Promise<Respo
         }
         let adapters: LoraAdapters;
         try {
-          adapters = await LoraAdapters.load(dir, o.model.config);
+          adapters = await LoraAdapters.load(dir, o.engine.model.config);
         } catch (e) {
           throw new ApiError(400, `cannot load ${dir}: ${(e as Error).message}`, "lora_path");
         }
@@ -193,6 +197,42 @@ export function createHandler(o: ServerOptions): (req: Request) => Promise<Respo
     }
   };
 
+  /**
+   * SGLang's POST /update_weights_from_disk {"model_path"}: the checkpoint
+   * there (same architecture) replaces the served weights once the running
+   * requests end; waiting ones then run on it. Answers {success, message}.
+   */
+  const updateWeights = async (req: Request): Promise<Response> => {
+    if (o.apiKey !== null && req.headers.get("authorization") !== `Bearer ${o.apiKey}`) {
+      throw new ApiError(401, "a valid API key is required (Authorization: Bearer KEY)");
+    }
+    if (req.method !== "POST") throw new ApiError(405, "/update_weights_from_disk takes POST");
+    const body = await readBody(req, o.maxBodyBytes);
+    const dir = body.model_path;
+    if (typeof dir !== "string" || !dir) {
+      throw new ApiError(400, "model_path must be a string", "model_path");
+    }
+    const fail = (message: string) => json(400, { success: false, message });
+    const current = o.engine.model;
+    let next: CausalLM;
+    try {
+      next = await loadModel(dir, { checkFinite: false, warn: () => {} });
+    } catch (e) {
+      return fail(`cannot load ${dir}: ${(e as Error).message}`);
+    }
+    const shapes = (m: CausalLM) => JSON.stringify(m.parameters.map((p) => [p.name, p.shape]));
+    if (shapes(next) !== shapes(current) || next.adapters) {
+      next.dispose();
+      return fail(`${dir} is not a full checkpoint of the served architecture`);
+    }
+    const t0 = performance.now();
+    (await o.engine.replaceModel(next)).dispose();
+    o.metrics.weightUpdates++;
+    const message = `weights from ${dir} in ${((performance.now() - t0) / 1000).toFixed(2)} s`;
+    log(`updated ${message}`);
+    return json(200, { success: true, message: `Succeeded to update model ${message}` });
+  };
+
   /** Submits a parsed completion request; answers with JSON or a stream of events. */
   const generateResponse = async (req: Request, p: ParsedRequest, chat: boolean) => {
     const adapter = p.model === o.modelName ? null : o.adapters.get(p.model);
@@ -205,7 +245,7 @@ export function createHandler(o: ServerOptions): (req: Request) => Promise<Respo
       );
     }
     const L = o.engine.options.maxModelLen;
-    const vocab = o.model.config.vocabSize;
+    const vocab = o.engine.model.config.vocabSize;
     const requests: GenerationRequest[] = p.prompts.map((ids, i) => {
       const name = p.prompts.length > 1 ? `prompt[${i}]` : chat ? "messages" : "prompt";
       const bad = ids.find((t) => t >= vocab);
@@ -252,8 +292,9 @@ export function createHandler(o: ServerOptions): (req: Request) => Promise<Respo
     const cancel = () => handles.forEach((h) => h.cancel());
     const promptTokens = p.prompts.reduce((n, ids) => n + ids.length, 0);
     o.metrics.promptTokens += promptTokens;
+    o.metrics.byModel.set(p.model, (o.metrics.byModel.get(p.model) ?? 0) + 1);
     const id = `${chat ? "chatcmpl" : "cmpl"}-${crypto.randomUUID().replace(/-/g, "")}`;
-    const tok = o.model.tokenizer!;
+    const tok = o.engine.model.tokenizer!;
     const entropy = p.params.entropy;
     const logprobsOf = (tokens: ChoiceEvent["tokens"]) =>
       p.params.logprobs === null && !entropy

@@ -21,6 +21,10 @@ class Histogram {
 export class Metrics {
   /** Requests by HTTP status. */
   readonly requests: Map<number, number> = new Map();
+  /** Completion requests by the model (base or adapter) they asked for. */
+  readonly byModel: Map<string, number> = new Map();
+  /** Full weight reloads (/update_weights_from_disk). */
+  weightUpdates = 0;
   promptTokens = 0;
   generationTokens = 0;
   readonly ttft = new Histogram();
@@ -47,6 +51,12 @@ export class Metrics {
     for (const [status, n] of [...this.requests].sort()) {
       lines.push(`em_requests_total{status="${status}"} ${n}`);
     }
+    metric("em_model_requests_total", "counter", "Completion requests, by model or adapter.");
+    for (const [model, n] of [...this.byModel].sort()) {
+      lines.push(`em_model_requests_total{model=${JSON.stringify(model)}} ${n}`);
+    }
+    metric("em_weight_updates_total", "counter", "Weights reloaded from disk.");
+    lines.push(`em_weight_updates_total ${this.weightUpdates}`);
     metric("em_prompt_tokens_total", "counter", "Prompt tokens prefilled.");
     lines.push(`em_prompt_tokens_total ${this.promptTokens}`);
     metric("em_generation_tokens_total", "counter", "Tokens generated.");
