@@ -7,7 +7,8 @@
  * them the floor set by bandwidth: the weight bytes every step streams
  * divided by the GEMV bandwidth measured here on the same adapter.
  *
- *   deno task bench:generate [--big]   (--big adds the Qwen2.5-0.5B-shaped bf16 model)
+ *   deno task bench:generate [--big]   (--big adds the Qwen2.5-0.5B-shaped bf16 model, and
+ *   its int8 and int4 quantizations)
  */
 import { parseArgs } from "@std/cli";
 import { initDevice } from "../engine/device.ts";
@@ -20,6 +21,8 @@ import { noGrad, tidy } from "../engine/scope.ts";
 import { DTYPE_BYTES } from "../engine/tensor.ts";
 import { generate } from "../infer/generate.ts";
 import { QWEN25_05B } from "./_qwen05b.ts";
+import { QUANT_SCHEMES } from "../engine/quant/format.ts";
+import { quantizeModel } from "../engine/quant/model.ts";
 
 const flags = parseArgs(Deno.args, { boolean: ["big"] });
 const dev = await initDevice();
@@ -88,10 +91,19 @@ function gemvFloorMs(model: CausalLM, gbPerS: number): number {
 
 const rows: string[] = [];
 let floorMs = 0;
-async function compare(name: string, model: CausalLM, batch: number, tokens: number) {
-  const before = await measure(model, batch, tokens, 1);
+async function compare(
+  name: string,
+  model: CausalLM,
+  batch: number,
+  tokens: number,
+  runAheadOnly = false,
+) {
+  const before = runAheadOnly ? null : await measure(model, batch, tokens, 1);
   const after = await measure(model, batch, tokens);
-  for (const [label, m] of [["one readback per token", before], ["run-ahead", after]] as const) {
+  const runs = before
+    ? [["one readback per token", before], ["run-ahead", after]] as const
+    : [["run-ahead", after]] as const;
+  for (const [label, m] of runs) {
     rows.push(
       `| ${name} | ${batch} | ${label} | ${m.tokensPerSecond.toFixed(1)} | ${
         m.msPerStep.toFixed(1)
@@ -100,7 +112,7 @@ async function compare(name: string, model: CausalLM, batch: number, tokens: num
       } | ${m.readbacksPerStep.toFixed(3)} |`,
     );
   }
-  console.log(rows.slice(-2).join("\n"));
+  console.log(rows.slice(-runs.length).join("\n"));
 }
 
 const demo = await loadModel(new URL("../demo/model", import.meta.url).pathname);
@@ -117,6 +129,14 @@ if (flags.big) {
   const big = randomModel(parseQwenConfig(QWEN25_05B, "Qwen2.5-0.5B config"), { dtype: "bf16" });
   floorMs = gemvFloorMs(big, bandwidth.bf16);
   for (const batch of [1, 16]) await compare("Qwen2.5-0.5B shape, bf16", big, batch, 16);
+  // the same weights quantized (linear layers; embedding and tied head stay bf16), beside their
+  // own floor: their bytes at the bf16 GEMV's bandwidth
+  for (const scheme of ["int8", "int4"] as const) {
+    const q = await quantizeModel(big, QUANT_SCHEMES[scheme]);
+    floorMs = gemvFloorMs(q, bandwidth.bf16);
+    for (const batch of [1, 16]) await compare(`Qwen2.5-0.5B shape, ${scheme}`, q, batch, 16, true);
+    q.dispose();
+  }
   big.dispose();
 }
 console.log(

@@ -52,8 +52,14 @@ async function lastLogits(model: CausalLM, prompts: number[][]): Promise<Float32
   return out;
 }
 
+function maxOf(z: ArrayLike<number>): number {
+  let m = -Infinity;
+  for (let i = 0; i < z.length; i++) if (z[i] > m) m = z[i];
+  return m;
+}
+
 function logSoftmax(z: Float32Array): Float64Array {
-  const m = Math.max(...z);
+  const m = maxOf(z);
   const lse = m + Math.log(z.reduce((s, x) => s + Math.exp(x - m), 0));
   return Float64Array.from(z, (x) => x - lse);
 }
@@ -66,7 +72,7 @@ function compare(p: Float32Array[], q: Float32Array[]) {
   p.forEach((pz, i) => {
     const [lp, lq] = [logSoftmax(pz), logSoftmax(q[i])];
     kl += lp.reduce((s, x, j) => s + Math.exp(x) * (x - lq[j]), 0);
-    const arg = (z: Float32Array) => z.indexOf(Math.max(...z));
+    const arg = (z: Float32Array) => z.indexOf(maxOf(z));
     if (arg(pz) === arg(q[i])) agree++;
     pz.forEach((x, j) => maxErr = Math.max(maxErr, Math.abs(x - q[i][j])));
   });

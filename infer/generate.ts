@@ -12,6 +12,9 @@ import { keep, noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { drawUniforms, sampleTokens, type SamplingOptions } from "./sampling.ts";
 
+/** Prompt tokens per prefill pass by default. */
+export const PREFILL_CHUNK = 512;
+
 /** A hook that may rewrite each step's last-position logits (B, V) before sampling (e.g. EM-INF). */
 export type LogitsProcessor = (logits: Tensor, step: number) => Tensor;
 
@@ -32,6 +35,11 @@ export interface GenerateOptions extends SamplingOptions {
   readEvery?: number;
   /** Also return, per generated token, the entropy of the model's next-token distribution (temperature 1, after any logitsProcessor), computed on the GPU and read once at the end. */
   returnEntropies?: boolean;
+  /**
+   * Prompt tokens per prefill pass (default 512): a longer prompt goes through the KV cache in
+   * passes of this many, so the prefill's working set is one pass's, not the whole prompt's.
+   */
+  prefillChunk?: number;
 }
 
 export interface GenerateResult {
@@ -63,6 +71,11 @@ export function leftPad(
     p.forEach(() => mask.push(1));
   }
   return { ids, mask, length };
+}
+
+/** A row-major (B, P) array as B rows. */
+function rowsOf(flat: number[], P: number): number[][] {
+  return Array.from({ length: flat.length / P }, (_, b) => flat.slice(b * P, (b + 1) * P));
 }
 
 /** Thrown when a step's logits cannot be sampled (NaN or +Inf): names the step and the row. */
@@ -106,6 +119,10 @@ export async function generate(
       throw new Error(`generate: token id ${bad} is outside the vocabulary (0..${vocab - 1})`);
     }
   }
+  const chunk = options.prefillChunk ?? PREFILL_CHUNK;
+  if (!Number.isInteger(chunk) || chunk < 1) {
+    throw new Error(`generate: prefillChunk must be >= 1, got ${chunk}`);
+  }
   const B = prompts.length;
   const { ids, mask: promptMask, length: P } = leftPad(prompts, pad);
   const rng = new Rng(options.seed ?? 0);
@@ -113,11 +130,28 @@ export async function generate(
   const tokens: number[][] = prompts.map(() => []);
   const finished = new Array(B).fill(false);
   // mask (B, S) for the S tokens cached after each step, kept row-major per row
-  const rows = promptMask.map((_, i) => i).reduce<number[][]>((acc, i) => {
-    (acc[Math.floor(i / P)] ??= []).push(promptMask[i]);
-    return acc;
-  }, []);
-  let input: Tensor = keep(Tensor.from(ids, [B, P], { dtype: "i32" }));
+  const rows = rowsOf(promptMask, P);
+  const columns = (from: number, to: number) =>
+    Tensor.from(rowsOf(ids, P).flatMap((r) => r.slice(from, to)), [B, to - from], {
+      dtype: "i32",
+    });
+  // every pass but the last only fills the cache; the last one is step 0's input
+  let prefilled = 0;
+  try {
+    for (; P - prefilled > chunk; prefilled += chunk) {
+      const end = prefilled + chunk;
+      const mask = rows.flatMap((r) => r.slice(0, end));
+      noGrad(() =>
+        tidy(() => {
+          model.hidden(columns(prefilled, end), { attentionMask: mask, cache });
+        })
+      );
+    }
+  } catch (e) {
+    cache.dispose();
+    throw e;
+  }
+  let input: Tensor = keep(columns(prefilled, P));
   const unusable = keep(Tensor.zeros([B], { dtype: "i32" })); // (B) step + 1 of a NaN/Inf row
   let steps = 0;
   const stepEntropies: Tensor[] = [];

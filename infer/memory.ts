@@ -13,11 +13,12 @@ import { readConfig } from "../engine/model/checkpoint.ts";
 import { parseQuantizationConfig } from "../engine/quant/checkpoints.ts";
 import { QUANT_SCHEMES, type QuantBits } from "../engine/quant/format.ts";
 import { modelWeightBytes } from "../engine/quant/weight.ts";
+import { PREFILL_CHUNK } from "./generate.ts";
 
 export interface InferenceMemory {
   weights: number;
   kvCache: number;
-  /** The largest layer's working set while the whole prompt is prefilled, and the last logits. */
+  /** The largest layer's working set in one prefill pass (generate's prefillChunk), and the last logits. */
   prefill: number;
   /** EM-INF's buffers per step: logits, the reference distribution, gradients, Adam moments. */
   emInf: number;
@@ -33,6 +34,8 @@ export function inferenceMemory(
     elementBytes: number;
     quant: { bits: QuantBits; groupSize: number } | null;
     emInf: boolean;
+    /** Prompt tokens per prefill pass (generate's default 512). */
+    prefillChunk?: number;
   },
 ): InferenceMemory {
   const weights = modelWeightBytes(c, o.elementBytes, o.quant);
@@ -40,7 +43,7 @@ export function inferenceMemory(
   const q = c.numHeads * c.headDim;
   // f32 keys and values of every layer
   const kvCache = 2 * c.numLayers * o.batch * o.context * kv * 4;
-  const tokens = o.batch * o.context;
+  const tokens = o.batch * Math.min(o.context, o.prefillChunk ?? PREFILL_CHUNK);
   // x, its norm, the residual; q, k, v; attention out; gate, up, silu(gate)·up; f32
   const prefill = 4 * tokens * (3 * c.hiddenSize + 2 * q + 2 * kv + 3 * c.intermediateSize) +
     4 * o.batch * c.vocabSize;
@@ -54,8 +57,18 @@ const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
 export function inferenceReport(
   c: DecoderConfig,
   m: InferenceMemory,
-  what: { dir: string; batch: number; context: number; weights: string; emInf: boolean },
+  what: {
+    dir: string;
+    batch: number;
+    context: number;
+    weights: string;
+    emInf: boolean;
+    prefillChunk: number;
+  },
 ): string {
+  const pass = what.prefillChunk < what.context
+    ? `a ${what.prefillChunk}-token prefill pass`
+    : "the whole prompts' prefill";
   return [
     `dry run: ${what.dir} (${c.architecture}, ${
       (parameterCount(c) / 1e9).toFixed(2)
@@ -64,10 +77,12 @@ export function inferenceReport(
     }`,
     `  weights   ${gib(m.weights)}`,
     `  KV cache  ${gib(m.kvCache)} (f32 keys and values)`,
-    `  prefill   ${gib(m.prefill)} (one layer's working set for the whole prompt, the last logits)`,
+    `  prefill   ${gib(m.prefill)} (one layer's working set in ${pass}, the last logits)`,
     ...(what.emInf ? [`  EM-INF    ${gib(m.emInf)}`] : []),
     `  total     ${gib(m.total)}`,
-    ...[16, 24].map((gb) => `  fits in ${gb} GB: ${m.total <= gb * 1e9 ? "yes" : "no"}`),
+    ...[16, 24].map((gb) =>
+      `  fits in ${gb} GiB (a "${gb} GB" card): ${m.total <= gb * 2 ** 30 ? "yes" : "no"}`
+    ),
   ].join("\n");
 }
 
@@ -85,6 +100,8 @@ export async function inferenceDryRun(
     contextCap?: number;
     quantize?: "int4" | "int8";
     emInf: boolean;
+    /** Prompt tokens per prefill pass (default generate's; serve prefills whole prompts). */
+    prefillChunk?: number;
   },
 ): Promise<string> {
   const c = await readConfig(dir);
@@ -93,11 +110,26 @@ export async function inferenceDryRun(
   const elementBytes = dtype === "float32" ? 4 : 2;
   const quant = stored ?? (o.quantize ? QUANT_SCHEMES[o.quantize] : null);
   const context = o.context ?? Math.min(c.maxPositionEmbeddings, o.contextCap ?? 4096);
-  const m = inferenceMemory(c, { batch: o.batch, context, elementBytes, quant, emInf: o.emInf });
+  const prefillChunk = o.prefillChunk ?? PREFILL_CHUNK;
+  const m = inferenceMemory(c, {
+    batch: o.batch,
+    context,
+    elementBytes,
+    quant,
+    emInf: o.emInf,
+    prefillChunk,
+  });
   const weights = quant
     ? `${stored ? `${stored.method.toUpperCase()} ` : ""}int${quant.bits} (groups of ${
       quant.groupSize || "a row"
     }) linear`
     : dtype;
-  return inferenceReport(c, m, { dir, batch: o.batch, context, weights, emInf: o.emInf });
+  return inferenceReport(c, m, {
+    dir,
+    batch: o.batch,
+    context,
+    weights,
+    emInf: o.emInf,
+    prefillChunk,
+  });
 }

@@ -24,6 +24,8 @@ Deno.test("train CLI without a WebGPU adapter says what to install, with no stac
   assert(!r.stderr.includes("    at "), `no stack trace: ${r.stderr}`);
 });
 
+const GPTQ = new URL("./fixtures/quant/gptq-int4", import.meta.url).pathname;
+
 Deno.test("train CLI rejects bad flags naming the flag", async () => {
   for (
     const [args, message] of [
@@ -40,6 +42,13 @@ Deno.test("train CLI rejects bad flags naming the flag", async () => {
       [["--reduce", "max"], "--reduce must be mean or sum"],
       [["--top-p", "0"], "--top-p must be in (0, 1]"],
       [["--resume"], "--resume needs --out"],
+      [["--quantize", "int4"], "--quantize freezes the base's weights as integers"],
+      [["--quantize", "int3", "--lora-rank", "4"], '--quantize must be int4 or int8, got "int3"'],
+      [
+        ["--model", GPTQ, "--lora-rank", "4", "--quantize", "int4"],
+        "is a GPTQ int4 checkpoint already; drop --quantize",
+      ],
+      [["--model", GPTQ], "is a GPTQ checkpoint: its weights are frozen integers"],
       [["--nope"], "nope"],
     ] as [string[], string][]
   ) {

@@ -73,6 +73,25 @@ Deno.test({
 
 Deno.test({
   name:
+    "a long prompt prefilled in passes through the cache gives the tokens and entropies of one pass",
+  ...gpuTest,
+  fn: async () => {
+    const model = await loadModel(`${HF}qwen2-tiny`);
+    // left padding inside the first pass, a pass boundary mid-prompt, a last pass of one token
+    const prompts = [[37, 235, 396, 72, 255, 9, 14], [508, 390], [1, 2, 3, 4, 5, 6, 7]];
+    const options = { temperature: 1, maxNewTokens: 8, seed: 5, returnEntropies: true };
+    const whole = await generate(model, prompts, options);
+    for (const prefillChunk of [2, 3]) {
+      const passes = await generate(model, prompts, { ...options, prefillChunk });
+      assertEquals(passes.tokens, whole.tokens, `prefillChunk ${prefillChunk}`);
+      assertClose(passes.entropies!.flat(), whole.entropies!.flat(), { atol: 1e-4 });
+    }
+    model.dispose();
+  },
+});
+
+Deno.test({
+  name:
     "a padded batch gives each row the same tokens as that row alone (greedy and seeded sampling)",
   ...gpuTest,
   fn: async () => {

@@ -85,7 +85,8 @@ Deno.test("--dry-run prints the estimate from config.json alone; a run past --me
   ]);
   assertEquals(dry.code, 0, dry.stderr);
   assert(
-    /7\.62B parameters/.test(dry.stdout) && /fits in 24 GB: (yes|no)/.test(dry.stdout),
+    /7\.62B parameters/.test(dry.stdout) &&
+      /fits in 24 GiB \(a "24 GB" card\): (yes|no)/.test(dry.stdout),
     dry.stdout,
   );
   const refused = await runCli("../train/cli.ts", ["--steps", "1", "--memory-limit", "0.01"]);
@@ -95,4 +96,53 @@ Deno.test("--dry-run prints the estimate from config.json alone; a run past --me
       refused.stderr.includes("--lora-rank"),
     refused.stderr,
   );
+});
+
+/** The GiB figure of a dry-run line such as `  total     23.28 GiB`. */
+function gibOf(report: string, line: string): number {
+  const m = report.match(new RegExp(`^\\s+${line}\\s+([\\d.]+) GiB`, "m"));
+  if (!m) throw new Error(`no "${line}" line in:\n${report}`);
+  return Number(m[1]);
+}
+
+Deno.test("quantized dry runs: Qwen2.5-32B with EM-INF in int4 fits 24 GiB, 7B QLoRA fits 12 GiB", async () => {
+  const configs = new URL("../bench/configs/", import.meta.url).pathname;
+  const decode = (quantize: string[]) =>
+    runCli("../infer/cli.ts", [
+      "--model",
+      `${configs}qwen2.5-32b-instruct`,
+      "--dry-run",
+      "--em-inf",
+      "--batch",
+      "1",
+      "--context",
+      "4096",
+      ...quantize,
+    ]);
+  const [bf16, int4] = [await decode([]), await decode(["--quantize", "int4"])];
+  assertEquals(int4.code, 0, int4.stderr);
+  // independently: 64 layers of q,o (5120²), k,v (1024·5120), gate,up,down (27648·5120) at
+  // 4 bits + an f16 scale and zero per 32 weights; embedding, untied head, norms, q/k/v biases bf16
+  const linear = 64 * (2 * 5120 * 5120 + 2 * 1024 * 5120 + 3 * 27648 * 5120);
+  const rest = 2 * (2 * 152064 * 5120 + 64 * (2 * 5120 + 5120 + 2 * 1024) + 5120);
+  assertEquals(gibOf(int4.stdout, "weights"), +((linear * 5 / 8 + rest) / 2 ** 30).toFixed(2));
+  assert(gibOf(int4.stdout, "total") < 24, int4.stdout);
+  assert(/fits in 24 GiB \(a "24 GB" card\): yes/.test(int4.stdout), int4.stdout);
+  assert(gibOf(bf16.stdout, "total") > 60, bf16.stdout);
+  const train = await runCli("../train/cli.ts", [
+    "--model",
+    `${configs}qwen2.5-math-7b`,
+    "--dry-run",
+    "--micro-batch",
+    "1",
+    "--seq-length",
+    "2048",
+    "--lora-rank",
+    "16",
+    "--recompute",
+    "--quantize",
+    "int4",
+  ]);
+  assertEquals(train.code, 0, train.stderr);
+  assert(gibOf(train.stdout, "total") < 12, train.stdout);
 });

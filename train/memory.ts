@@ -188,7 +188,9 @@ export function dryRunReport(
     `  total        ${gib(e.total)}`,
   ];
   for (const gb of [16, 24]) {
-    lines.push(`  fits in ${gb} GB: ${e.total <= gb * 1e9 ? "yes" : "no"}`);
+    lines.push(
+      `  fits in ${gb} GiB (a "${gb} GB" card): ${e.total <= gb * 2 ** 30 ? "yes" : "no"}`,
+    );
   }
   return lines.join("\n");
 }

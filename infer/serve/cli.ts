@@ -112,6 +112,7 @@ export async function main(args: string[]): Promise<number> {
           contextCap: 2048, // --max-model-len's default
           quantize: o.quantize,
           emInf: true, // any request may ask for it
+          prefillChunk: Infinity, // a joining group's prompts are prefilled in one pass
         }),
       );
       return 0;
