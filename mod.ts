@@ -46,6 +46,7 @@ export { keep, noGrad, tidy } from "./engine/scope.ts";
 export { backward } from "./engine/autograd.ts";
 export * from "./engine/ops/mod.ts";
 export { AdamW, type AdamWOptions, clipGradNorm } from "./engine/optim.ts";
+export { loadOptimizer, saveOptimizer } from "./engine/optim_files.ts";
 export { Rng } from "./engine/random.ts";
 export * from "./engine/safetensors.ts";
 export { tensorFromRaw, tensorToRaw } from "./engine/tensor_io.ts";
@@ -84,13 +85,36 @@ export {
 } from "./engine/model/lora.ts";
 export { checkpoint } from "./engine/autograd.ts";
 export {
+  dirSource,
   loadModel,
   type LoadOptions,
+  loadTokenizer,
   parseConfig,
   readConfig,
   saveModel,
 } from "./engine/model/checkpoint.ts";
-export { type ChatMessage, loadTokenizer, QwenTokenizer } from "./engine/model/tokenizer.ts";
+export { loadFrom, tokenizerFrom } from "./engine/model/load.ts";
+export { type CheckpointSource, readJsonObject } from "./engine/model/source.ts";
+export { loadModelFromUrl, urlSource } from "./engine/model/url_source.ts";
+export { type ChatMessage, QwenTokenizer } from "./engine/model/tokenizer.ts";
+export {
+  dequantizeMatrix,
+  type PackedMatrix,
+  QUANT_SCHEMES,
+  type QuantBits,
+  quantizeMatrix,
+  type QuantScheme,
+} from "./engine/quant/format.ts";
+export { QuantizedWeight } from "./engine/quant/weight.ts";
+export { quantizeModel } from "./engine/quant/model.ts";
+export { type CheckpointQuant, parseQuantizationConfig } from "./engine/quant/checkpoints.ts";
+export { quantLinear, quantLinearReference } from "./engine/ops/quant_matmul.ts";
+export {
+  inferenceDryRun,
+  type InferenceMemory,
+  inferenceMemory,
+  inferenceReport,
+} from "./infer/memory.ts";
 export { attentionBias, composedAttention, linear, rmsNorm, ropeTables } from "./engine/nn.ts";
 export {
   generate,
@@ -152,7 +176,8 @@ export {
   type TrainHooks,
   type TrainResult,
 } from "./train/trainer.ts";
-export { type Example, type ExampleSource, readJsonl, ShuffledSource } from "./train/data.ts";
+export { type Example, type ExampleSource, ShuffledSource } from "./train/data.ts";
+export { readExamples, readJsonl } from "./train/data_files.ts";
 export {
   EM_INF_DEFAULTS,
   emInfAdjust,

@@ -8,6 +8,8 @@
 import { type DeviceInfo, requestGpu, WebGPUUnavailableError } from "./backend.ts";
 import { BufferPool } from "./buffer_pool.ts";
 
+/** Deno, where getMappedRange hands out a copy (not a browser, where it is the mapping). */
+const IN_DENO = typeof Deno !== "undefined";
 export { type DeviceInfo, WebGPUUnavailableError };
 
 /** Thrown when the GPU device is lost, runs out of memory, or a kernel reported bad input. */
@@ -250,7 +252,7 @@ export class Device {
    * its own mapped range, handed out without a second copy: Deno's
    * getMappedRange copies the bytes into a fresh ArrayBuffer
    * (tests/engine_test.ts holds it to that), so transferring that buffer keeps
-   * it valid after unmap.
+   * it valid after unmap. A browser's range is the mapping itself: copied.
    */
   async readMany(
     parts: { buffer: GPUBuffer; bytes: number; offset?: number }[],
@@ -279,7 +281,8 @@ export class Device {
     const errors = new Int32Array(staging.getMappedRange(0, errorBytes).slice(0)); // kept past unmap
     const out = parts.map((p, k) => {
       const range = staging.getMappedRange(at[k], padded(p.bytes));
-      return range.byteLength === p.bytes ? range.transfer() : range.slice(0, p.bytes);
+      // a browser's mapped range is not detachable (and dies at unmap): copied there
+      return range.byteLength === p.bytes && IN_DENO ? range.transfer() : range.slice(0, p.bytes);
     });
     staging.unmap();
     this.#release(staging, READ_USAGE);

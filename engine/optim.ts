@@ -11,7 +11,7 @@ import { elementwise } from "./ops/_raw.ts";
 import { sumSquares } from "./ops/reduce.ts";
 import { concat } from "./ops/shape.ts";
 import { sum } from "./ops/reduce.ts";
-import { readSafetensors, type TensorToWrite, writeSafetensors } from "./safetensors.ts";
+import type { RawTensor } from "./safetensors_format.ts";
 import { tensorFromRaw, tensorToRaw } from "./tensor_io.ts";
 
 export interface AdamWOptions {
@@ -79,26 +79,24 @@ export class AdamW {
     }
   }
 
-  /** Writes the moments m.i and v.i (parameter order) and the step count to a safetensors file. */
-  async save(path: string): Promise<void> {
-    const state: Record<string, TensorToWrite> = {};
+  /** The moments m.i and v.i (parameter order) and the step count (saved by optim_files.ts). */
+  async state(): Promise<{ tensors: Map<string, RawTensor>; step: number }> {
+    const tensors = new Map<string, RawTensor>();
     for (let i = 0; i < this.params.length; i++) {
       for (const [kind, t] of [["m", this.m[i]], ["v", this.v[i]]] as const) {
-        const raw = await tensorToRaw(t);
-        state[`${kind}.${i}`] = { dtype: "F32", shape: raw.shape, data: raw.data };
+        tensors.set(`${kind}.${i}`, await tensorToRaw(t));
       }
     }
-    await writeSafetensors(path, state, { step: String(this.step) });
+    return { tensors, step: this.step };
   }
 
   /**
-   * Restores what `save` wrote. The file must hold one m and v per parameter,
-   * each of its parameter's shape: state saved for other parameters (another
-   * model, a LoRA rank or target list) is refused naming the first mismatch.
-   * `step` stands in for files written without the step count.
+   * Restores what `state` gave, read from `path`. It must hold one m and v
+   * per parameter, each of its parameter's shape: state saved for other
+   * parameters (another model, a LoRA rank or target list) is refused naming
+   * the first mismatch. `step` is null when the file had no step count.
    */
-  async load(path: string, step?: number): Promise<void> {
-    const { tensors, metadata } = await readSafetensors(path);
+  restore(path: string, tensors: Map<string, RawTensor>, step: number | null): void {
     const held = tensors.size / 2;
     if (held !== this.params.length) {
       throw new Error(
@@ -128,11 +126,10 @@ export class AdamW {
       this.m[i] = loaded[2 * i];
       this.v[i] = loaded[2 * i + 1];
     });
-    const saved = metadata.step === undefined ? step : Number(metadata.step);
-    if (saved === undefined || !Number.isInteger(saved) || saved < 0) {
+    if (step === null || !Number.isInteger(step) || step < 0) {
       throw new Error(`${path}: no valid step count (metadata "step")`);
     }
-    this.step = saved;
+    this.step = step;
   }
 
   dispose(): void {

@@ -3,7 +3,7 @@
  * @module
  */
 import { device } from "./device.ts";
-import { type RawTensor, type SafetensorsDType, toInt32 } from "./safetensors.ts";
+import { type RawTensor, type SafetensorsDType, toInt32 } from "./safetensors_format.ts";
 import { type DType, DTYPE_BYTES, Tensor } from "./tensor.ts";
 
 const TO_TENSOR_DTYPE: Partial<Record<SafetensorsDType, DType>> = {

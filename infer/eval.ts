@@ -85,6 +85,8 @@ export interface MethodSummary {
   tokens: number;
   /** Sequences decoded per problem (refinement: its rounds included). */
   sequences: number;
+  /** Mean entropy (nats) of the distributions the generated tokens were drawn from (after EM-INF or adaptive temperature, at temperature 1). */
+  entropy: number;
   /** Code: how the runs ended. */
   verdicts?: Partial<Record<Verdict, number>>;
 }
@@ -250,12 +252,14 @@ export async function evaluate(
         : undefined,
     };
     let tokens = 0;
+    let entropySum = 0;
     /** Decodes one prompt per job; returns each job's response text. */
     const decodeAll = async (jobs: number[][], label: string, seed: number) => {
       const texts: string[] = [];
       for (let b = 0; b < jobs.length; b += o.batchSize) {
         const part = jobs.slice(b, b + o.batchSize);
-        const r = await generate(model, part, { ...decode, seed: seed + b });
+        const r = await generate(model, part, { ...decode, seed: seed + b, returnEntropies: true });
+        r.entropies!.forEach((h) => h.forEach((x) => entropySum += x));
         r.tokens.forEach((ids) => {
           tokens += ids.length;
           // a response cut off before eos is kept; it is scored like any other
@@ -316,6 +320,7 @@ export async function evaluate(
       seconds,
       tokens,
       sequences: samples * (method === "refine" ? rounds + 1 : 1),
+      entropy: entropySum / Math.max(1, tokens),
       verdicts: s.verdicts,
     });
   }

@@ -7,6 +7,8 @@
 import { is, numberFlag, parseArgs, type ParsedArgs, quantizeFlag } from "@std/cli";
 import { initDeviceOrExplain } from "../engine/device.ts";
 import { readJsonlRecords } from "../engine/jsonl.ts";
+import { atomicWrite } from "../engine/atomic.ts";
+import { evalReportHtml } from "../report/eval_report.ts";
 import { loadModel } from "../engine/model/checkpoint.ts";
 import { checkEncodable } from "../engine/model/tokenizer.ts";
 import { DEMO_HELD_OUT, DEMO_MAX_NEW_TOKENS, DEMO_MODEL, heldOutProblems } from "../demo/task.ts";
@@ -56,6 +58,7 @@ ${
   --memory-mb N             code: memory per run (default ${DEFAULT_LIMITS.memoryBytes / 2 ** 20})
   --unsafe-no-sandbox       code: run programs without bubblewrap (limits only; never for untrusted code)
   --out FILE.jsonl          per-problem results: responses, answers, verdicts, stderr tails (default: none)
+  --report FILE.html        accuracy against cost (tokens, seconds) per method as charts, with the table
   --seed N                  (default 0)
   --quantize int4|int8      quantize the model's linear layers at load (README "Quantized weights")
   --no-weight-check         skip the NaN/Inf check of the weights at load (one GPU pass)
@@ -107,6 +110,7 @@ function parseFlags(args: string[]) {
       "timeout",
       "memory-mb",
       "out",
+      "report",
       "seed",
       "quantize",
     ],
@@ -199,6 +203,15 @@ export async function main(args: string[]): Promise<number> {
     return 2;
   }
   const outFile = typeof flags.out === "string" ? flags.out : undefined;
+  const reportFile = typeof flags.report === "string" ? flags.report : undefined;
+  if (reportFile !== undefined && !reportFile.endsWith(".html")) {
+    console.error(`error: --report must name an .html file, got "${reportFile}"`);
+    return 2;
+  }
+  if (reportFile !== undefined && typeof flags.score === "string") {
+    console.error("error: --report charts accuracy against cost, which --score has no record of");
+    return 2;
+  }
   if (typeof flags.score === "string") return await score(flags.score, options, outFile);
   const dev = await initDeviceOrExplain();
   if (!dev) return 1;
@@ -243,6 +256,11 @@ export async function main(args: string[]): Promise<number> {
     return 1;
   }
   console.log(`\n${summaryTable(rows, options.k, options.refineRounds)}\n`);
+  console.log(
+    `mean token entropy (nats) of the generated tokens: ${
+      rows.map((r) => `${r.method} ${r.entropy.toFixed(3)}`).join(", ")
+    }`,
+  );
   const s = rows.find((r) => r.method === "sample");
   const e = rows.find((r) => r.method === "em-inf");
   if (s && e) {
@@ -257,10 +275,36 @@ export async function main(args: string[]): Promise<number> {
     }
   }
   model.dispose();
+  if (reportFile) {
+    const html = await evalReportHtml(
+      rows.map((r) => ({ ...r, method: r.method as string })),
+      {
+        title: `Evaluation: ${problems.length} ${options.task} problems`,
+        lines: [
+          `model ${model.sourceDir}, data ${
+            typeof flags.data === "string" ? flags.data : "the demo's held-out problems"
+          }`,
+          `${
+            options.methods.join(", ")
+          }; temperature ${options.temperature}, k ${options.k}, seed ${options.seed}`,
+        ],
+      },
+    );
+    await atomicWriteText(reportFile, html);
+    console.log(`wrote ${reportFile}`);
+  }
   return 0;
 }
 
 class UsageError extends Error {}
+
+/** Writes text through a temp file beside `path`. */
+async function atomicWriteText(path: string, text: string): Promise<void> {
+  const bytes = new TextEncoder().encode(text);
+  await atomicWrite(path, async (file) => {
+    for (let done = 0; done < bytes.length;) done += await file.write(bytes.subarray(done));
+  });
+}
 
 /** --score: saved responses, no model. */
 async function score(

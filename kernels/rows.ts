@@ -19,7 +19,7 @@ export const SHORT_ROW = 512;
 // in torch: tested on the bits, since WGSL lets compilers assume floats are never NaN.
 const nanHelpers = /* wgsl */ `
 fn is_nan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
-fn nan_f32() -> f32 { return bitcast<f32>(0x7fc00000u); }`;
+fn nan_f32() -> f32 { var bits = 0x7fc00000u; return bitcast<f32>(bits); } // not a constant: Tint refuses a NaN constant`;
 
 // Long rows: each thread keeps (m, s, t) = (max, sum e^(z-m), sum e^(z-m)(z-m)), merged in a
 // tree, and n, its count of NaN logits. t is kept relative to the running max so that

@@ -3,7 +3,7 @@ import { softmaxReference } from "../engine/ops/softmax.ts";
 import { keep, noGrad, tidy } from "../engine/scope.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { AdamW, clipGradNorm } from "../engine/optim.ts";
-import { chooseBackend } from "../engine/backend.ts";
+import { chooseBackend } from "../engine/backend_deno.ts";
 import { sizeClass } from "../engine/buffer_pool.ts";
 import { assert, assertEquals, assertThrows } from "@std/assert";
 import { assertClose, dev, gpuTest, randArray, toTensor } from "./_helpers.ts";

@@ -106,6 +106,13 @@ Deno.test({
       );
     }
     assertEquals(rows[4].sequences, 3);
+    // the mean entropy of the generated tokens' distributions: ln(vocab) bounds it; EM-INF lowers
+    // it below plain sampling's on the same prompts and seeds
+    const [, sample, emInf] = rows;
+    for (const r of rows) {
+      assert(r.entropy > 0 && r.entropy <= Math.log(model.config.vocabSize) + 1e-6, `${r.entropy}`);
+    }
+    assert(emInf.entropy < sample.entropy, `EM-INF ${emInf.entropy}, sampling ${sample.entropy}`);
     const lines = (await Deno.readTextFile(out)).trim().split("\n").map((l) => JSON.parse(l));
     assertEquals(lines.length, 15);
     assertEquals(lines.filter((l) => l.method === "self-consistency")[0].responses.length, 3);

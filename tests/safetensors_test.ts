@@ -1,3 +1,4 @@
+import { dirSource } from "../engine/model/checkpoint.ts";
 import { Checkpoint } from "../engine/model/shards.ts";
 import {
   readSafetensors,
@@ -131,7 +132,7 @@ Deno.test("SafetensorsFile.open() names a missing file", async () => {
 });
 
 Deno.test("Checkpoint reads the HF qwen2-tiny fixture with the right names and shapes", async () => {
-  const ckpt = await Checkpoint.open(`${HF}qwen2-tiny`);
+  const ckpt = await Checkpoint.open(dirSource(`${HF}qwen2-tiny`));
   assertEquals(ckpt.names.length, 26); // embedding, 2 layers x 12, final norm
   assertEquals(ckpt.entry("model.embed_tokens.weight")?.shape, [512, 64]);
   assertEquals(ckpt.entry("model.layers.1.self_attn.k_proj.weight")?.shape, [32, 64]);
@@ -141,8 +142,8 @@ Deno.test("Checkpoint reads the HF qwen2-tiny fixture with the right names and s
 });
 
 Deno.test("the bf16 fixture holds the f32 weights rounded to bf16", async () => {
-  const f32 = await Checkpoint.open(`${HF}qwen2-tiny`);
-  const bf16 = await Checkpoint.open(`${HF}qwen2-tiny-bf16`);
+  const f32 = await Checkpoint.open(dirSource(`${HF}qwen2-tiny`));
+  const bf16 = await Checkpoint.open(dirSource(`${HF}qwen2-tiny-bf16`));
   assertEquals(bf16.names.sort(), f32.names.sort());
   for (const name of f32.names) {
     const a = toFloat32(await f32.read(name));
@@ -169,7 +170,7 @@ Deno.test("Checkpoint reads sharded checkpoints through model.safetensors.index.
       weight_map: { a: "model-00001-of-00002.safetensors", b: "model-00002-of-00002.safetensors" },
     }),
   );
-  const ckpt = await Checkpoint.open(dir);
+  const ckpt = await Checkpoint.open(dirSource(dir));
   assertEquals(ckpt.names.sort(), ["a", "b"]);
   assertEquals([...toFloat32(await ckpt.read("b"))], [2]);
   ckpt.close();
@@ -180,7 +181,7 @@ Deno.test("Checkpoint reads sharded checkpoints through model.safetensors.index.
       weight_map: { a: "model-00002-of-00002.safetensors", b: "model-00002-of-00002.safetensors" },
     }),
   );
-  await assertRejects(() => Checkpoint.open(dir), SafetensorsError, '"a"');
+  await assertRejects(() => Checkpoint.open(dirSource(dir)), SafetensorsError, '"a"');
   await Deno.remove(dir, { recursive: true });
 });
 
@@ -188,7 +189,7 @@ Deno.test({
   name: "tensorFromRaw() keeps bf16 on the GPU and tensorToRaw() reads it back bit-exact",
   ...gpuTest,
   fn: async () => {
-    const ckpt = await Checkpoint.open(`${HF}qwen2-tiny-bf16`);
+    const ckpt = await Checkpoint.open(dirSource(`${HF}qwen2-tiny-bf16`));
     const raw = await ckpt.read("model.layers.0.self_attn.q_proj.bias");
     const t = tensorFromRaw(raw);
     assertEquals(t.dtype, "bf16");
@@ -209,7 +210,11 @@ Deno.test("safetensors: a directory, an index pointing outside, failed writes an
       `${dir}/model.safetensors.index.json`,
       JSON.stringify({ weight_map: { "model.norm.weight": evil } }),
     );
-    await assertRejects(() => Checkpoint.open(dir), Error, "outside the checkpoint directory");
+    await assertRejects(
+      () => Checkpoint.open(dirSource(dir)),
+      Error,
+      "outside the checkpoint directory",
+    );
   }
   // a write that fails (the target is a directory) leaves no temp file behind
   await Deno.mkdir(`${dir}/taken.safetensors`);

@@ -1,5 +1,5 @@
 /** The Qwen tokenizer and chat template against the real tokenizer's outputs, and bad tokenizer files. */
-import { loadTokenizer } from "../engine/model/tokenizer.ts";
+import { loadTokenizer } from "../engine/model/checkpoint.ts";
 import { assertEquals, assertRejects } from "@std/assert";
 
 const TOK = new URL("./fixtures/qwen-tokenizer/", import.meta.url).pathname;

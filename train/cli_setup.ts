@@ -21,9 +21,9 @@ import {
   checkExampleFits,
   encodePrompt,
   type ExampleSource,
-  readExamples,
   ShuffledSource,
 } from "./data.ts";
+import { readExamples } from "./data_files.ts";
 import { METHODS } from "./methods.ts";
 import type { TrainOptions } from "./options.ts";
 import { RolloutError, RolloutServers } from "./rollout_servers.ts";

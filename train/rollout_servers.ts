@@ -19,17 +19,13 @@ import { replaceDirectory, tempDirectoryBeside } from "../engine/atomic.ts";
 import type { CausalLM } from "../engine/model/causal_lm.ts";
 import { saveModel } from "../engine/model/checkpoint.ts";
 import type { Sampled, Sampler, SampleRequest } from "../infer/sampler.ts";
+import { parseCompletion } from "./completion.ts";
+import { RolloutError } from "./rollout_error.ts";
+
+export { RolloutError };
 
 /** Which engine a server is, from its /v1/models `owned_by`. */
 export type ServerKind = "em-webgpu" | "vllm" | "sglang" | "other";
-
-/** No server answered, or one answered wrongly; the message names the server(s). */
-export class RolloutError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "RolloutError";
-  }
-}
 
 export interface RolloutServerOptions {
   /** Seconds a request may take before it is retried on another server. */
@@ -304,7 +300,7 @@ export class RolloutServers {
       s.failures = 0;
       s.downUntil = 0;
       s.answered++;
-      return this.#parse(s, text, r);
+      return parseCompletion(s.url, this.#vocabSize, text, r);
     }
     throw new RolloutError(
       `no rollout server answered (${this.#o.retries + 1} attempts): ${errors.join("; ")}`,
@@ -338,54 +334,6 @@ export class RolloutServers {
     if (wasUp) {
       this.#o.log?.(`rollout server ${s.url} failed (${why}); its requests go to the others`);
     }
-  }
-
-  /** A completion's choices, checked: n of them, each with token ids in the vocabulary and log-probs. */
-  #parse(s: Server, text: string, r: SampleRequest): { tokens: number[][]; logprobs: number[][] } {
-    const bad = (why: string) =>
-      new RolloutError(`rollout server ${s.url} sent a malformed completion: ${why}`);
-    let body: { choices?: unknown };
-    try {
-      body = JSON.parse(text);
-    } catch {
-      throw bad(`not JSON: ${text.slice(0, 120)}`);
-    }
-    const choices = body?.choices;
-    if (!Array.isArray(choices) || choices.length !== r.n) {
-      throw bad(
-        `${Array.isArray(choices) ? choices.length : "no"} choices where n = ${r.n} were asked for`,
-      );
-    }
-    const tokens: number[][] = new Array(r.n);
-    const logprobs: number[][] = new Array(r.n);
-    for (const [k, c] of choices.entries()) {
-      const i = typeof c?.index === "number" ? c.index : k;
-      const ids = c?.token_ids;
-      if (!Array.isArray(ids)) {
-        throw bad(
-          `choice ${i} has no token_ids (the server must support "return_token_ids": vLLM >= 0.10.2, or deno task serve)`,
-        );
-      }
-      const wrong = ids.find((t) => !Number.isInteger(t) || t < 0 || t >= this.#vocabSize);
-      if (wrong !== undefined) {
-        throw bad(
-          `choice ${i}: token id ${wrong} is outside the vocabulary (0..${this.#vocabSize - 1})`,
-        );
-      }
-      if (ids.length > r.maxNewTokens) {
-        throw bad(`choice ${i} has ${ids.length} tokens, more than max_tokens ${r.maxNewTokens}`);
-      }
-      const lp = c?.logprobs?.token_logprobs;
-      if (!Array.isArray(lp) || lp.length !== ids.length || lp.some((x) => typeof x !== "number")) {
-        throw bad(`choice ${i}: logprobs.token_logprobs is missing or not one number per token`);
-      }
-      if (i < 0 || i >= r.n || tokens[i]) {
-        throw bad(`choice index ${i} is repeated or out of range`);
-      }
-      tokens[i] = ids;
-      logprobs[i] = lp;
-    }
-    return { tokens, logprobs };
   }
 
   /**

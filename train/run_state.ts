@@ -13,6 +13,7 @@ import {
 import type { CausalLM } from "../engine/model/causal_lm.ts";
 import { saveModel } from "../engine/model/checkpoint.ts";
 import type { AdamW } from "../engine/optim.ts";
+import { saveOptimizer } from "../engine/optim_files.ts";
 import type { DataRecord } from "./data.ts";
 import type { TrainOptions } from "./options.ts";
 
@@ -87,7 +88,7 @@ export async function saveCheckpoint(
   run: { model: CausalLM; optimizer: AdamW; state: RunState; replaceSource?: boolean },
 ): Promise<void> {
   const extra = async (tmp: string) => {
-    await run.optimizer.save(`${tmp}/optimizer.safetensors`);
+    await saveOptimizer(run.optimizer, `${tmp}/optimizer.safetensors`);
     await writeJson(`${tmp}/trainer_state.json`, run.state);
   };
   const adapters = run.model.adapters;

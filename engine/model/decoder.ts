@@ -36,7 +36,8 @@ import { Tensor } from "../tensor.ts";
 import type { CausalLM, ForwardOptions, GenerationDefaults, Parameter } from "./causal_lm.ts";
 import type { DecoderConfig, LinearName } from "./config.ts";
 import { type KeyValueCache, KVCache } from "./kv_cache.ts";
-import { type LoraAdapters, withLora } from "./lora.ts";
+import type { LoraAdapters } from "./lora.ts";
+import { withLora } from "./lora_term.ts";
 import type { QwenTokenizer } from "./tokenizer.ts";
 
 /**

@@ -7,7 +7,6 @@
  * `PeftModel.from_pretrained(base, dir)` loads them.
  * @module
  */
-import { add, matmul, mulScalar } from "../ops/mod.ts";
 import { atomicWrite } from "../atomic.ts";
 import { readSafetensors, writeSafetensors } from "../safetensors.ts";
 import { tensorFromRaw } from "../tensor_io.ts";
@@ -27,22 +26,8 @@ export interface LoraOptions {
   seed?: number;
 }
 
-/** One adapted layer: A (r, in), B (out, r), scale alpha / r. */
-export interface Adapter {
-  A: Tensor;
-  B: Tensor;
-  scale: number;
-}
-
-/** x·Wᵀ-sized LoRA term (..., out) for x (..., in). */
-export function loraTerm(x: Tensor, a: Adapter): Tensor {
-  return mulScalar(matmul(matmul(x, a.A, { transB: true }), a.B, { transB: true }), a.scale);
-}
-
-/** Adds the LoRA term of `adapter` (if any) to a linear layer's output y. */
-export function withLora(y: Tensor, x: Tensor, adapter: Adapter | undefined): Tensor {
-  return adapter ? add(y, loraTerm(x, adapter)) : y;
-}
+export { type Adapter, loraTerm, withLora } from "./lora_term.ts";
+import type { Adapter } from "./lora_term.ts";
 
 /** The PEFT module path of a weight: "model.layers.0.self_attn.q_proj.weight" -> "...q_proj". */
 function modulePath(weightName: string): string {

@@ -7,36 +7,35 @@
 import {
   type RawTensor,
   SafetensorsError,
-  SafetensorsFile,
+  type SafetensorsReader,
   type TensorEntry,
-} from "../safetensors.ts";
+} from "../safetensors_format.ts";
+import type { CheckpointSource } from "./source.ts";
 
 /** A checkpoint directory: model.safetensors, or shards listed in model.safetensors.index.json. */
 export class Checkpoint {
   readonly dir: string;
-  #files: SafetensorsFile[];
-  #where = new Map<string, SafetensorsFile>();
+  #files: SafetensorsReader[];
+  #where = new Map<string, SafetensorsReader>();
 
-  private constructor(dir: string, files: SafetensorsFile[]) {
+  private constructor(dir: string, files: SafetensorsReader[]) {
     this.dir = dir;
     this.#files = files;
     for (const f of files) for (const n of f.names) this.#where.set(n, f);
   }
 
-  /** Opens a checkpoint directory (or a single .safetensors file). */
-  static async open(dirOrFile: string): Promise<Checkpoint> {
-    if (dirOrFile.endsWith(".safetensors")) {
-      return new Checkpoint(dirOrFile, [await SafetensorsFile.open(dirOrFile)]);
-    }
+  /** Opens the weight files of a checkpoint source. */
+  static async open(source: CheckpointSource): Promise<Checkpoint> {
+    const dirOrFile = source.name;
     const index = `${dirOrFile}/model.safetensors.index.json`;
-    let indexText: string | null = null;
+    let indexText: string | null;
     try {
-      indexText = await Deno.readTextFile(index);
-    } catch { /* not sharded */ }
+      indexText = await source.text("model.safetensors.index.json");
+    } catch (e) {
+      throw new SafetensorsError(index, `cannot read (${(e as Error).message})`);
+    }
     if (indexText === null) {
-      return new Checkpoint(dirOrFile, [
-        await SafetensorsFile.open(`${dirOrFile}/model.safetensors`),
-      ]);
+      return new Checkpoint(dirOrFile, [await source.safetensors("model.safetensors")]);
     }
     let map: Record<string, string>;
     try {
@@ -59,9 +58,9 @@ export class Checkpoint {
         );
       }
     }
-    const files: SafetensorsFile[] = [];
+    const files: SafetensorsReader[] = [];
     try {
-      for (const s of shards) files.push(await SafetensorsFile.open(`${dirOrFile}/${s}`));
+      for (const s of shards) files.push(await source.safetensors(s));
     } catch (e) {
       files.forEach((f) => f.close());
       throw e;

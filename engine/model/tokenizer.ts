@@ -128,27 +128,6 @@ export class QwenTokenizer {
   }
 }
 
-/** Loads tokenizer.json and tokenizer_config.json from a model directory. */
-export async function loadTokenizer(dir: string): Promise<QwenTokenizer> {
-  const read = async (name: string, required: boolean): Promise<Record<string, unknown>> => {
-    let text: string;
-    try {
-      text = await Deno.readTextFile(`${dir}/${name}`);
-    } catch (e) {
-      if (!required && e instanceof Deno.errors.NotFound) return {};
-      throw new Error(`${dir}/${name}: cannot read (${(e as Error).message})`);
-    }
-    try {
-      return JSON.parse(text);
-    } catch (e) {
-      throw new Error(`${dir}/${name}: is not valid JSON (${(e as Error).message})`);
-    }
-  };
-  const json = await read("tokenizer.json", true);
-  const config = await read("tokenizer_config.json", false);
-  return new QwenTokenizer(json, config, dir);
-}
-
 /**
  * Throws naming `origin` when the tokenizer cannot represent part of `text`
  * (it would be dropped silently): the first such character and its position.

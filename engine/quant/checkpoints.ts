@@ -20,7 +20,7 @@
  * @module
  */
 import { ConfigError } from "../model/config.ts";
-import { type RawTensor, toFloat32 } from "../safetensors.ts";
+import { type RawTensor, toFloat32 } from "../safetensors_format.ts";
 import {
   codesPerWord,
   groupsOf,

@@ -9,7 +9,7 @@ import { device } from "../device.ts";
 import type { CausalLM, Parameter } from "../model/causal_lm.ts";
 import { LINEAR_LAYERS } from "../model/config.ts";
 import { DecoderLM } from "../model/decoder.ts";
-import { toFloat32 } from "../safetensors.ts";
+import { toFloat32 } from "../safetensors_format.ts";
 import { keep } from "../scope.ts";
 import { Tensor } from "../tensor.ts";
 import { tensorsToRaw } from "../tensor_io.ts";

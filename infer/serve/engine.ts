@@ -18,133 +18,31 @@
 import { device } from "../../engine/device.ts";
 import type { CausalLM } from "../../engine/model/causal_lm.ts";
 import type { LoraAdapters } from "../../engine/model/lora.ts";
-import {
-  embedding,
-  entropy,
-  logSoftmax,
-  mul,
-  reshape,
-  tokenLogProb,
-  where,
-} from "../../engine/ops/mod.ts";
-import { Rng } from "../../engine/random.ts";
+import { embedding, reshape } from "../../engine/ops/mod.ts";
 import { keep, noGrad, tidy } from "../../engine/scope.ts";
 import { Tensor } from "../../engine/tensor.ts";
 import { launch } from "../../engine/launch.ts";
 import { mergeIdsKernel } from "../../kernels/sample.ts";
-import { type AdaptiveTemperatureOptions, adaptiveTemperatureProcessor } from "../baselines.ts";
-import { type EmInfOptions, emInfProcessor } from "../em_inf.ts";
-import { sampleTokensPerRow, type SamplingOptions } from "../sampling.ts";
+import { sampleTokensPerRow } from "../sampling.ts";
 import { SlotCache } from "./slots.ts";
+import { groupBy, type ReadPart, sampleRows, topK } from "./sample_rows.ts";
+import {
+  type ChoiceEvent,
+  type GenerationRequest,
+  QueueFullError,
+  Sequence,
+  type TokenInfo,
+} from "./sequence.ts";
 
-/** How one request samples, stops and reports. */
-export interface SamplingParams extends SamplingOptions {
-  maxTokens: number;
-  /** Strings that end a sequence (not included in its text). */
-  stop: string[];
-  /** Token ids that end a sequence, besides the model's eos. */
-  stopTokenIds: number[];
-  /** Keep generating past eos (benchmarks: exactly maxTokens tokens). */
-  ignoreEos?: boolean;
-  /** Seed of choice 0; choice i uses seed + i. */
-  seed: number;
-  /** Report the sampled token's log-prob, and this many top alternatives (null: none). */
-  logprobs: number | null;
-  /** Report the entropy of each token's distribution. */
-  entropy: boolean;
-  emInf: EmInfOptions | null;
-  adaptive: AdaptiveTemperatureOptions | null;
-}
+export {
+  type ChoiceEvent,
+  EventQueue,
+  type GenerationRequest,
+  QueueFullError,
+  type SamplingParams,
+  type TokenInfo,
+} from "./sequence.ts";
 
-export interface GenerationRequest {
-  promptIds: number[];
-  /** Choices to sample. */
-  n: number;
-  params: SamplingParams;
-  /** The LoRA adapter (as loaded when the request came), or null for the base model. */
-  adapter: { name: string; adapters: LoraAdapters } | null;
-}
-
-/** One generated token and what was asked of it. */
-export interface TokenInfo {
-  id: number;
-  /** log p of the token under the distribution sampled from (softmax(z / T), after EM-INF). */
-  logprob?: number;
-  top?: { id: number; logprob: number }[];
-  entropy?: number;
-}
-
-/** What a choice streams: new text and tokens, then once its finish reason. */
-export interface ChoiceEvent {
-  text: string;
-  tokens: TokenInfo[];
-  finishReason?: "stop" | "length" | "abort";
-}
-
-/** A queue a consumer iterates while the engine pushes. */
-class EventQueue<T> implements AsyncIterable<T> {
-  #items: T[] = [];
-  #wake: (() => void) | null = null;
-  #closed = false;
-  push(item: T): void {
-    this.#items.push(item);
-    this.#wake?.();
-  }
-  close(): void {
-    this.#closed = true;
-    this.#wake?.();
-  }
-  async *[Symbol.asyncIterator](): AsyncIterator<T> {
-    for (;;) {
-      if (this.#items.length) {
-        yield this.#items.shift()!;
-        continue;
-      }
-      if (this.#closed) return;
-      await new Promise<void>((r) => this.#wake = r);
-      this.#wake = null;
-    }
-  }
-}
-
-/** One choice of a request: a sequence in a slot. */
-class Sequence {
-  readonly events = new EventQueue<ChoiceEvent>();
-  readonly ids: number[] = [];
-  readonly rng: Rng;
-  slot = -1;
-  /** Text already streamed (what might start a stop string is held back). */
-  emitted = "";
-  finished = false;
-  cancelled = false;
-  lastTokenAt = 0;
-  readonly startedAt = performance.now();
-  #pending: TokenInfo[] = [];
-
-  constructor(readonly request: GenerationRequest, readonly index: number) {
-    this.rng = new Rng(request.params.seed + index);
-  }
-
-  queueToken(t: TokenInfo): void {
-    this.#pending.push(t);
-  }
-
-  takeTokens(): TokenInfo[] {
-    const out = this.#pending;
-    this.#pending = [];
-    return out;
-  }
-}
-
-/** Thrown when the waiting queue is full (HTTP 429). */
-export class QueueFullError extends Error {
-  constructor(readonly waiting: number) {
-    super(`the server is at capacity (${waiting} requests waiting); retry shortly`);
-    this.name = "QueueFullError";
-  }
-}
-
-/** What a step measured, for metrics. */
 export interface EngineStats {
   running: number;
   waiting: number;
@@ -163,17 +61,6 @@ export interface EngineOptions {
   maxQueue: number;
   /** Called with each first token's latency and each later token's, in seconds. */
   observe?: (kind: "ttft" | "tpot", seconds: number) => void;
-}
-
-/** Sampled ids of some rows, and what those rows asked for, on the GPU. */
-interface ReadPart {
-  /** The sequence of each row (null: not sampled for in this part). */
-  rows: (Sequence | null)[];
-  ids: Tensor;
-  logprob: Tensor | null;
-  entropy: Tensor | null;
-  /** (rows, V) log-probs, for top alternatives. */
-  top: Tensor | null;
 }
 
 /** Parts encoded on the GPU whose results are not read back yet. */
@@ -407,7 +294,7 @@ export class Engine {
               Tensor.from(at, [at.length], { dtype: "i32" }),
             );
             group.forEach((s, j) => this.#cache.fill(s.slot, cache, j, lengths[j]));
-            return this.#sample(this.model.head(last), group);
+            return sampleRows(this.model.head(last), group);
           })
         );
         this.#merge(part.ids, group.map((s) => s.slot));
@@ -439,7 +326,7 @@ export class Engine {
             cache: this.#cache,
           });
           const logits = reshape(this.model.head(hidden), [rows, this.model.config.vocabSize]);
-          return this.#sample(logits, all.map((s, r) => (take[r] ? s : null)));
+          return sampleRows(logits, all.map((s, r) => (take[r] ? s : null)));
         })
       );
       parts.push(part);
@@ -471,62 +358,6 @@ export class Engine {
     return [...this.#waiting, ...this.#slots].some((s) =>
       s !== null && !s.finished && s.request.adapter?.adapters === adapters
     );
-  }
-
-  /**
-   * Processes each row's logits as its request asks (EM-INF, adaptive
-   * temperature), samples with each row's settings and uniform, and computes
-   * the log-probs and entropies rows asked for. Null rows are not sampled for.
-   */
-  #sample(logits: Tensor, rows: (Sequence | null)[]): ReadPart {
-    const n = rows.length;
-    let z = logits;
-    // each distinct processor setting runs on the whole batch; its rows take their own result
-    const settings = new Map<string, { rows: boolean[]; apply: (z: Tensor) => Tensor }>();
-    rows.forEach((s, r) => {
-      const p = s?.request.params;
-      const kind = p?.emInf ? "em-inf" : p?.adaptive ? "adaptive" : null;
-      if (!p || !kind) return;
-      const key = `${kind} ${JSON.stringify(kind === "em-inf" ? p.emInf : p.adaptive)}`;
-      const e = settings.get(key) ?? {
-        rows: new Array(n).fill(false),
-        apply: kind === "em-inf"
-          ? emInfProcessor(p.emInf!)
-          : adaptiveTemperatureProcessor(p.adaptive!),
-      };
-      e.rows[r] = true;
-      settings.set(key, e);
-    });
-    for (const { rows: which, apply } of settings.values()) {
-      const processed = apply(z);
-      z = which.every(Boolean)
-        ? processed
-        : where(Tensor.from(which.map((b) => (b ? 1 : 0)), [n, 1]), processed, z);
-    }
-    const params = rows.map((s) => s?.request.params ?? null);
-    const ids = keep(sampleTokensPerRow(
-      z,
-      params.map((p) => p ?? { greedy: true }),
-      rows.map((s) => (s ? s.rng.next() : 0)),
-    ));
-    const part: ReadPart = { rows, ids, logprob: null, entropy: null, top: null };
-    const wants = {
-      logprob: params.some((p) => p && p.logprobs !== null),
-      entropy: params.some((p) => p?.entropy),
-      top: params.some((p) => p && (p.logprobs ?? 0) > 0),
-    };
-    if (wants.logprob || wants.entropy || wants.top) {
-      // the distribution sampled from: softmax(z / T) of the processed logits
-      const invT = params.map((p) => {
-        const t = p?.temperature ?? 1;
-        return p && !p.greedy && t > 0 ? 1 / t : 1;
-      });
-      const scaled = mul(z, Tensor.from(invT, [n, 1]));
-      if (wants.logprob) part.logprob = keep(tokenLogProb(scaled, ids));
-      if (wants.entropy) part.entropy = keep(entropy(scaled));
-      if (wants.top) part.top = keep(logSoftmax(scaled));
-    }
-    return part;
   }
 
   /**
@@ -582,67 +413,13 @@ export class Engine {
     }
   }
 
-  /** Adds a token to a sequence: eos, stop strings and max_tokens end it. */
+  /** Adds a token to a sequence (Sequence.accept: eos, stop strings and max_tokens end it). */
   #accept(s: Sequence, info: TokenInfo): void {
-    const p = s.request.params;
-    const tok = this.model.tokenizer!;
-    const eos = this.model.generation.eosTokenIds;
-    s.ids.push(info.id);
     this.stats.generationTokens++;
-    const isStop = (!p.ignoreEos && eos.includes(info.id)) || p.stopTokenIds.includes(info.id);
-    // as vLLM: the stop token is in token_ids and logprobs, not in the text
-    s.queueToken(info);
-    const ids = isStop ? s.ids.slice(0, -1) : s.ids;
-    let text = tok.decode(ids, { skipSpecialTokens: true });
-    let reason: ChoiceEvent["finishReason"] | undefined = isStop ? "stop" : undefined;
-    const hit =
-      p.stop.map((x) => [text.indexOf(x, Math.max(0, s.emitted.length - x.length)), x.length])
-        .filter(([i]) => i >= 0).sort((a, b) => a[0] - b[0])[0];
-    if (hit) {
-      text = text.slice(0, hit[0]);
-      reason = "stop";
-    }
-    if (!reason && s.ids.length >= p.maxTokens) reason = "length";
-    // hold back what could be the start of a stop string, and a character still being spelt
-    const hold = reason ? 0 : Math.max(0, ...p.stop.map((x) => x.length - 1));
-    let safe = text.length - hold;
-    if (!reason && text.endsWith("\uFFFD")) safe = Math.min(safe, text.length - 1);
-    if (safe > s.emitted.length || reason) {
-      const upTo = reason ? text.length : safe;
-      s.events.push({ text: text.slice(s.emitted.length, upTo), tokens: s.takeTokens() });
-      s.emitted = text.slice(0, upTo);
-    }
-    if (reason) this.#finish(s, reason);
+    s.accept(info, this.model.tokenizer!, this.model.generation.eosTokenIds);
   }
 
-  /** Ends a sequence's stream with its reason (once). */
   #finish(s: Sequence, reason: NonNullable<ChoiceEvent["finishReason"]>): void {
-    if (s.finished) return;
-    s.finished = true;
-    s.events.push({ text: "", tokens: s.takeTokens(), finishReason: reason });
-    s.events.close();
+    s.finish(reason);
   }
-}
-
-/** Items grouped by a key, in first-seen order. */
-function groupBy<T, K>(items: T[], key: (t: T) => K): T[][] {
-  const m = new Map<K, T[]>();
-  for (const t of items) {
-    const k = key(t);
-    m.set(k, [...(m.get(k) ?? []), t]);
-  }
-  return [...m.values()];
-}
-
-/** The `k` most likely tokens of a row of log-probs. */
-function topK(row: Float32Array, k: number): { id: number; logprob: number }[] {
-  const best: { id: number; logprob: number }[] = [];
-  for (let i = 0; i < row.length; i++) {
-    if (best.length < k || row[i] > best[best.length - 1].logprob) {
-      best.push({ id: i, logprob: row[i] });
-      best.sort((a, b) => b.logprob - a.logprob);
-      if (best.length > k) best.pop();
-    }
-  }
-  return best;
 }
