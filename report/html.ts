@@ -26,6 +26,7 @@ th { background: #f4f4f4; }
 .charts { display: flex; flex-wrap: wrap; gap: 12px; }
 .chart { margin: 0; }
 .missing { color: #8a4b00; }
+.note { color: #666; }
 </style></head>
 <body><h1>${escapeHtml(o.title)}</h1>
 <p>Written ${new Date().toISOString()}.</p>

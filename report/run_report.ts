@@ -175,9 +175,7 @@ export async function runReportHtml(runs: RunData[]): Promise<string> {
   for (const def of RUN_CHARTS) {
     const { points, missing } = seriesOf(def, runs);
     if (!points.length) {
-      missingCharts.push(
-        `${def.title} (${def.fields.map((x) => x.key).join(", ")} not in metrics.jsonl)`,
-      );
+      missingCharts.push(`${def.title} (${def.fields.map((x) => x.key).join(", ")})`);
       continue;
     }
     const svg = await renderSvg(lineChart({
@@ -211,11 +209,16 @@ export async function runReportHtml(runs: RunData[]): Promise<string> {
     title: `Run report: ${runs.map((r) => r.name).join(", ")}`,
     body: [
       table(["run", "directory", "method", "last step", "best", "stopped"], summary),
-      problems.length || missingCharts.length
+      problems.length
         ? `<section class=missing id=missing><h2>Missing</h2><ul>${
-          [...problems, ...missingCharts.map((c) => `no chart: ${c}`)]
-            .map((p) => `<li>${escapeHtml(p)}</li>`).join("")
+          problems.map((p) => `<li>${escapeHtml(p)}</li>`).join("")
         }</ul></section>`
+        : "",
+      // a method logs what it computes (EM-FT: no reward or KL), validation needs --eval-every
+      missingCharts.length
+        ? `<p class=note id=not-logged>Not in these runs' metrics, so not drawn: ${
+          escapeHtml(missingCharts.join("; "))
+        }.</p>`
         : "",
       `<section class=charts>${charts.join("\n")}</section>`,
       `<h2>Configuration</h2>${configTable(runs)}`,

@@ -45,7 +45,7 @@ export function lineChart(
         type: "quantitative",
         title: o.yTitle,
         scale: { zero: false },
-        axis: { format: "~g" },
+        axis: { format: ".3~r" },
       },
       color,
     },

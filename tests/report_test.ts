@@ -6,6 +6,7 @@
 import { assert, assertEquals } from "@std/assert";
 import { readRun, RUN_CHARTS, runReportHtml } from "../report/run_report.ts";
 import { runCli } from "./_cli.ts";
+import { heldOutProblems } from "../demo/task.ts";
 import {
   browserTest,
   launchBrowser,
@@ -35,7 +36,19 @@ Deno.test({
   ...browserTest,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "report_" });
+    // a few demo problems as data (no before/after demo table: the test stays quick)
+    const line = (p: { prompt: string; answer: string }) =>
+      JSON.stringify({ prompt: p.prompt, answer: p.answer });
+    const problems = heldOutProblems(40);
+    await Deno.writeTextFile(`${dir}/train.jsonl`, problems.slice(0, 20).map(line).join("\n"));
+    await Deno.writeTextFile(
+      `${dir}/eval.jsonl`,
+      problems.slice(20).map((p) => JSON.stringify({ problem: p.prompt, answer: p.answer }))
+        .join("\n"),
+    );
     const common = [
+      "--data",
+      `${dir}/train.jsonl`,
       "--steps",
       "2",
       "--batch-size",
@@ -43,12 +56,14 @@ Deno.test({
       "--n-samples",
       "2",
       "--max-new-tokens",
-      "4",
+      "5",
     ];
     const rl = await runCli(TRAIN, [
       "--method",
       "em-rl",
       ...common,
+      "--eval-data",
+      `${dir}/eval.jsonl`,
       "--eval-every",
       "1",
       "--out",
@@ -74,7 +89,7 @@ Deno.test({
       for (const c of charts) assert(c.marks > 0, `${c.title}: nothing drawn`);
       const text = await page.$eval("body", (b) => b.textContent ?? "");
       assert(/best \(step \d\)/.test(text), "the best checkpoint is marked");
-      assert(!text.includes("Missing"), text.slice(0, 400));
+      assert(!text.includes("Missing") && !text.includes("Not in these runs"), text.slice(0, 400));
       assert(await screenshotShows(page), "the screenshot is blank");
       await maybeSaveScreenshot(page, "report.png");
       assertEquals(errors, []);
@@ -119,7 +134,7 @@ Deno.test({
         `${dir}/old/metrics.jsonl: 1 unreadable line(s) skipped`,
         `${dir}/old/checkpoint/trainer_state.json: missing`,
         `${dir}/empty/metrics.jsonl: missing`,
-        "no chart: Reward (reward not in metrics.jsonl)",
+        "Not in these runs' metrics, so not drawn: Reward (reward)",
         "No configuration",
       ]
     ) assert(html.includes(said), said);
