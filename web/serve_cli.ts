@@ -4,7 +4,7 @@
  * /model/. Open the printed address in a browser with WebGPU.
  * @module
  */
-import { parseArgs } from "@std/cli";
+import { is, numberFlag, parseArgs } from "@std/cli";
 import { buildWeb } from "./build.ts";
 
 const HELP = `deno task web [--port N] [--model DIR]
@@ -83,9 +83,12 @@ if (import.meta.main) {
     console.log(HELP);
     Deno.exit(0);
   }
-  const port = Number(flags.port ?? 8080);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    console.error(`error: --port must be an integer in 0..65535, got "${flags.port}"`);
+  let port: number;
+  try {
+    port = numberFlag(flags, "port", is.nonNegativeInt) ?? 8080;
+    if (port > 65535) throw new Error(`--port must be at most 65535, got ${port}`);
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
     Deno.exit(2);
   }
   const modelDir = (flags.model as string | undefined) ?? DEMO_MODEL;
