@@ -25,15 +25,18 @@ export interface GenerateOptions extends SamplingOptions {
   eosTokenIds?: number[];
   /** Id fed for padding (default: the model's pad id, else the first eos id, else 0). */
   padTokenId?: number;
-  /** Called after every step with the new id of each row (-1 where already finished). */
-  onStep?: (ids: number[], step: number) => void;
+  /**
+   * Called after every step with the new id of each row (-1 where already finished), and with
+   * returnEntropies each row's entropy at that step (read back with the ids, no extra wait).
+   */
+  onStep?: (ids: number[], step: number, entropies?: number[]) => void;
   logitsProcessor?: LogitsProcessor;
   /**
    * Steps sampled between readbacks: by default 4, doubling after each read to 16. A number
    * fixes it; 1 reads every token back at once (the reference the tests compare with).
    */
   readEvery?: number;
-  /** Also return, per generated token, the entropy of the model's next-token distribution (temperature 1, after any logitsProcessor), computed on the GPU and read once at the end. */
+  /** Also return, per generated token, the entropy of the model's next-token distribution (temperature 1, after any logitsProcessor), computed on the GPU and read back with the ids. */
   returnEntropies?: boolean;
   /**
    * Prompt tokens per prefill pass (default 512): a longer prompt goes through the KV cache in
@@ -154,7 +157,8 @@ export async function generate(
   let input: Tensor = keep(columns(prefilled, P));
   const unusable = keep(Tensor.zeros([B], { dtype: "i32" })); // (B) step + 1 of a NaN/Inf row
   let steps = 0;
-  const stepEntropies: Tensor[] = [];
+  const stepEntropies: Tensor[] = []; // (B) per step, not read back yet
+  const entropyRows: number[][] = []; // per step, each row's entropy, once read
   // Sampled ids feed the next step on the GPU, and nothing the host adds to a step (mask,
   // positions, uniforms) depends on them, so the loop runs ahead and reads ids back in groups:
   // one wait per group instead of one per token. Groups grow (4, 8, 16) so that a run that
@@ -165,11 +169,14 @@ export async function generate(
   /** Reads the unread steps' ids; returns true when every row has finished. */
   const readBack = async (): Promise<boolean> => {
     // one readback for the whole group: the flags and every unread step's ids
+    const hs = stepEntropies.splice(0, unread.length); // the same steps' entropies
     const raw = await device().readMany(
-      [unusable, ...unread].map((t) => ({ buffer: t.buffer, bytes: t.byteLength })),
+      [unusable, ...unread, ...hs].map((t) => ({ buffer: t.buffer, bytes: t.byteLength })),
     );
-    const [bad, ...all] = raw.map((r) => new Int32Array(r));
+    const [bad, ...all] = raw.slice(0, 1 + unread.length).map((r) => new Int32Array(r));
+    raw.slice(1 + unread.length).forEach((r) => entropyRows.push(Array.from(new Float32Array(r))));
     unread.forEach((t) => t.dispose());
+    hs.forEach((t) => t.dispose());
     unread.length = 0;
     for (const newIds of all) {
       const step = steps++;
@@ -181,7 +188,7 @@ export async function generate(
         if (eos.has(id)) finished[b] = true;
         return id;
       });
-      options.onStep?.(reported, step);
+      options.onStep?.(reported, step, entropyRows[step]);
       if (finished.every(Boolean)) return true;
     }
     return false;
@@ -216,14 +223,10 @@ export async function generate(
     unread.forEach((t) => t.dispose());
     cache.dispose();
   }
-  let entropies: number[][] | undefined;
-  if (options.returnEntropies) {
-    const used = stepEntropies.slice(0, steps);
-    const all =
-      (await device().readMany(used.map((t) => ({ buffer: t.buffer, bytes: t.byteLength }))))
-        .map((r) => new Float32Array(r));
-    entropies = tokens.map((row, b) => row.map((_, s) => all[s][b]));
-  }
+  // every step's entropies were read with its ids
+  const entropies = options.returnEntropies
+    ? tokens.map((row, b) => row.map((_, s) => entropyRows[s][b]))
+    : undefined;
   stepEntropies.forEach((t) => t.dispose());
   return { tokens, finished, promptLength: P, steps, entropies };
 }

@@ -95,5 +95,6 @@ export async function screenshotShows(page: Page, minColors = 8): Promise<boolea
 export async function maybeSaveScreenshot(page: Page, name: string): Promise<void> {
   const dir = Deno.env.get("EM_SCREENSHOTS");
   if (!dir) return;
+  await Deno.mkdir(dir, { recursive: true });
   await page.screenshot({ type: "png", path: `${dir}/${name}`, fullPage: true });
 }

@@ -80,7 +80,13 @@ Deno.test({
     // left padding inside the first pass, a pass boundary mid-prompt, a last pass of one token
     const prompts = [[37, 235, 396, 72, 255, 9, 14], [508, 390], [1, 2, 3, 4, 5, 6, 7]];
     const options = { temperature: 1, maxNewTokens: 8, seed: 5, returnEntropies: true };
-    const whole = await generate(model, prompts, options);
+    const streamed: number[][] = prompts.map(() => []);
+    const whole = await generate(model, prompts, {
+      ...options,
+      onStep: (ids, _step, h) => ids.forEach((id, b) => id >= 0 && streamed[b].push(h![b])),
+    });
+    // each step's entropies come with its ids, as the result has them
+    assertEquals(streamed, whole.entropies);
     for (const prefillChunk of [2, 3]) {
       const passes = await generate(model, prompts, { ...options, prefillChunk });
       assertEquals(passes.tokens, whole.tokens, `prefillChunk ${prefillChunk}`);

@@ -82,24 +82,22 @@ async function runGenerate(): Promise<void> {
   const out = $("output");
   out.textContent = "";
   out.dataset.done = "false";
-  const spans: HTMLSpanElement[] = [];
   const t0 = performance.now();
   const r = await generate(model, [tok.encode(prompt)], {
     ...options(),
-    onStep: ([id]) => {
+    // ids and their entropies arrive together, a few steps at a time (run-ahead decoding)
+    onStep: ([id], _step, entropies) => {
       if (id < 0) return;
       const s = document.createElement("span");
       s.className = "token";
       s.textContent = id === DEMO_EOS ? "⏎" : tok.decode([id]);
+      const h = entropies![0];
+      s.style.background = entropyColour(h);
+      s.title = `entropy ${h.toFixed(3)} nats`;
       out.append(s);
-      spans.push(s);
     },
   });
   const entropies = r.entropies![0];
-  spans.forEach((s, i) => {
-    s.style.background = entropyColour(entropies[i]);
-    s.title = `entropy ${entropies[i].toFixed(3)} nats`;
-  });
   state.lastIds = r.tokens[0];
   state.lastEntropies = entropies;
   out.dataset.done = "true";
