@@ -24,6 +24,12 @@ export interface Marker {
 const WIDTH = 360;
 const HEIGHT = 180;
 
+/** Whole-step ticks: every step of a short run, else about ten. */
+function stepTicks(points: Point[]): Record<string, unknown> {
+  const steps = [...new Set(points.map((p) => p.x))].sort((a, b) => a - b);
+  return steps.length <= 12 ? { values: steps } : { tickCount: 10, tickMinStep: 1 };
+}
+
 /** Lines over steps, one colour per series, with labelled vertical markers. */
 export function lineChart(
   o: { title: string; xTitle: string; yTitle: string; points: Point[]; markers?: Marker[] },
@@ -38,7 +44,7 @@ export function lineChart(
         field: "x",
         type: "quantitative",
         title: o.xTitle,
-        axis: { format: "d", tickCount: Math.min(10, new Set(o.points.map((p) => p.x)).size) },
+        axis: { format: "d", ...stepTicks(o.points) },
       },
       y: {
         field: "y",
