@@ -50,9 +50,14 @@ export class BufferPool {
     this.counted = counted;
   }
 
-  /** A buffer of at least `bytes` bytes for `usage` (contents undefined). */
-  acquire(bytes: number, usage: number): GPUBuffer {
-    let size = sizeClass(bytes);
+  /**
+   * A buffer of at least `bytes` bytes for `usage` (contents undefined).
+   * `exact`: sized to the bytes (256-byte multiple), not to a class, for what
+   * lives long (weights, a KV cache): a class would waste up to 25% of it.
+   * Such a buffer is destroyed when released, unless its size is a class.
+   */
+  acquire(bytes: number, usage: number, exact = false): GPUBuffer {
+    let size = exact ? Math.ceil(bytes / 256) * 256 : sizeClass(bytes);
     // Rounding up must not push a bindable tensor past the binding limit.
     if (bytes <= this.#maxBinding && size > this.#maxBinding) size = Math.ceil(bytes / 256) * 256;
     const buf = this.#free.get(`${usage}:${size}`)?.pop() ?? this.#create(size, usage);
@@ -89,6 +94,12 @@ export class BufferPool {
   /** Makes every released buffer reusable (call after submitting the encoder that used them). */
   recycle(): void {
     for (const [key, buf] of this.#pending) {
+      if (buf.size !== sizeClass(buf.size)) {
+        // an exact-size buffer: no class request would take it
+        if (key.startsWith(`${this.counted}:`)) this.pooledBytes -= buf.size;
+        buf.destroy();
+        continue;
+      }
       let list = this.#free.get(key);
       if (!list) this.#free.set(key, list = []);
       list.push(buf);

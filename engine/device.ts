@@ -124,10 +124,10 @@ export class Device {
     if (!this.#encoder) this.#pool.recycle();
   }
 
-  /** A storage buffer of at least `bytes` bytes (contents undefined). */
-  alloc(bytes: number): GPUBuffer {
+  /** A storage buffer of at least `bytes` bytes (contents undefined); `exact`: see BufferPool.acquire. */
+  alloc(bytes: number, exact = false): GPUBuffer {
     this.#check();
-    return this.#pool.acquire(Math.max(bytes, 4), STORAGE_USAGE);
+    return this.#pool.acquire(Math.max(bytes, 4), STORAGE_USAGE, exact);
   }
 
   /** Returns a storage buffer to the pool. */

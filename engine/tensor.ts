@@ -81,21 +81,35 @@ export class Tensor implements Disposable {
   }
 
   /** An uninitialised tensor (for op outputs). */
-  static empty(shape: readonly number[], dtype: DType = "f32"): Tensor {
+  static empty(
+    shape: readonly number[],
+    dtype: DType = "f32",
+    options: { exact?: boolean } = {},
+  ): Tensor {
     checkShape(shape, "Tensor.empty");
     const bytes = Math.ceil((numel(shape) * DTYPE_BYTES[dtype]) / 4) * 4;
-    return new Tensor(new Storage(device().alloc(bytes), bytes), shape, dtype, false);
+    return new Tensor(
+      new Storage(device().alloc(bytes, options.exact), bytes),
+      shape,
+      dtype,
+      false,
+    );
   }
 
   /** A tensor from raw little-endian bytes in `dtype` layout. */
-  static fromBytes(bytes: Uint8Array, shape: readonly number[], dtype: DType): Tensor {
+  static fromBytes(
+    bytes: Uint8Array,
+    shape: readonly number[],
+    dtype: DType,
+    options: { exact?: boolean } = {},
+  ): Tensor {
     const expected = numel(shape) * DTYPE_BYTES[dtype];
     if (bytes.byteLength !== expected) {
       throw new Error(
         `Tensor.fromBytes: ${bytes.byteLength} bytes for shape [${shape}] ${dtype} (need ${expected})`,
       );
     }
-    const t = Tensor.empty(shape, dtype);
+    const t = Tensor.empty(shape, dtype, options);
     const padded = bytes.byteLength % 4 === 0 ? bytes : (() => {
       const p = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);
       p.set(bytes);

@@ -18,7 +18,8 @@ export function tensorFromRaw(raw: RawTensor, name = "tensor"): Tensor {
   if (raw.dtype === "I64") return Tensor.from(toInt32(raw), raw.shape, { dtype: "i32" });
   const dtype = TO_TENSOR_DTYPE[raw.dtype];
   if (!dtype) throw new Error(`${name}: dtype ${raw.dtype} cannot be loaded as a tensor`);
-  return Tensor.fromBytes(raw.data, raw.shape, dtype);
+  // loaded tensors live long (weights, optimizer state): sized exactly
+  return Tensor.fromBytes(raw.data, raw.shape, dtype, { exact: true });
 }
 
 const FROM_TENSOR_DTYPE: Record<DType, SafetensorsDType> = {

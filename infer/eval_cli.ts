@@ -208,6 +208,17 @@ export async function main(args: string[]): Promise<number> {
     console.error(`error: --report must name an .html file, got "${reportFile}"`);
     return 2;
   }
+  if (reportFile !== undefined) {
+    // found before the evaluation runs, not after
+    const dir = reportFile.includes("/")
+      ? reportFile.slice(0, reportFile.lastIndexOf("/")) || "/"
+      : ".";
+    const info = await Deno.stat(dir).catch(() => null);
+    if (!info?.isDirectory) {
+      console.error(`error: --report: the directory ${dir} does not exist`);
+      return 2;
+    }
+  }
   if (reportFile !== undefined && typeof flags.score === "string") {
     console.error("error: --report charts accuracy against cost, which --score has no record of");
     return 2;
@@ -290,7 +301,12 @@ export async function main(args: string[]): Promise<number> {
         ],
       },
     );
-    await atomicWriteText(reportFile, html);
+    try {
+      await atomicWriteText(reportFile, html);
+    } catch (e) {
+      console.error(`error: ${(e as Error).message}`);
+      return 1;
+    }
     console.log(`wrote ${reportFile}`);
   }
   return 0;

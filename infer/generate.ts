@@ -170,13 +170,17 @@ export async function generate(
   const readBack = async (): Promise<boolean> => {
     // one readback for the whole group: the flags and every unread step's ids
     const hs = stepEntropies.splice(0, unread.length); // the same steps' entropies
-    const raw = await device().readMany(
-      [unusable, ...unread, ...hs].map((t) => ({ buffer: t.buffer, bytes: t.byteLength })),
-    );
+    let raw: ArrayBuffer[];
+    try {
+      raw = await device().readMany(
+        [unusable, ...unread, ...hs].map((t) => ({ buffer: t.buffer, bytes: t.byteLength })),
+      );
+    } finally {
+      hs.forEach((t) => t.dispose());
+    }
     const [bad, ...all] = raw.slice(0, 1 + unread.length).map((r) => new Int32Array(r));
     raw.slice(1 + unread.length).forEach((r) => entropyRows.push(Array.from(new Float32Array(r))));
     unread.forEach((t) => t.dispose());
-    hs.forEach((t) => t.dispose());
     unread.length = 0;
     for (const newIds of all) {
       const step = steps++;
@@ -221,12 +225,12 @@ export async function generate(
     input.dispose();
     unusable.dispose();
     unread.forEach((t) => t.dispose());
+    stepEntropies.forEach((t) => t.dispose());
     cache.dispose();
   }
   // every step's entropies were read with its ids
   const entropies = options.returnEntropies
     ? tokens.map((row, b) => row.map((_, s) => entropyRows[s][b]))
     : undefined;
-  stepEntropies.forEach((t) => t.dispose());
   return { tokens, finished, promptLength: P, steps, entropies };
 }

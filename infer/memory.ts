@@ -13,6 +13,7 @@ import { readConfig } from "../engine/model/checkpoint.ts";
 import { parseQuantizationConfig } from "../engine/quant/checkpoints.ts";
 import { QUANT_SCHEMES, type QuantBits } from "../engine/quant/format.ts";
 import { modelWeightBytes } from "../engine/quant/weight.ts";
+import { sizeClass } from "../engine/buffer_pool.ts";
 import { PREFILL_CHUNK } from "./generate.ts";
 
 export interface InferenceMemory {
@@ -41,12 +42,22 @@ export function inferenceMemory(
   const weights = modelWeightBytes(c, o.elementBytes, o.quant);
   const kv = c.numKvHeads * c.headDim;
   const q = c.numHeads * c.headDim;
-  // f32 keys and values of every layer
+  // f32 keys and values of every layer, allocated at their exact size
   const kvCache = 2 * c.numLayers * o.batch * o.context * kv * 4;
   const tokens = o.batch * Math.min(o.context, o.prefillChunk ?? PREFILL_CHUNK);
-  // x, its norm, the residual; q, k, v; attention out; gate, up, silu(gate)·up; f32
-  const prefill = 4 * tokens * (3 * c.hiddenSize + 2 * q + 2 * kv + 3 * c.intermediateSize) +
-    4 * o.batch * c.vocabSize;
+  // x, its norm, the residual; q, k, v; attention out; gate, up, silu(gate)·up; the last logits:
+  // f32 buffers from the pool, each rounded up to its size class (weights and the KV cache are
+  // allocated exactly)
+  const widths = [
+    ...Array(3).fill(c.hiddenSize),
+    q,
+    q,
+    kv,
+    kv,
+    ...Array(3).fill(c.intermediateSize),
+  ];
+  const prefill = widths.reduce((n, w) => n + sizeClass(4 * tokens * w), 0) +
+    sizeClass(4 * o.batch * c.vocabSize);
   const emInf = o.emInf ? 8 * 4 * o.batch * c.vocabSize : 0;
   return { weights, kvCache, prefill, emInf, total: weights + kvCache + prefill + emInf };
 }

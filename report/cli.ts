@@ -53,7 +53,13 @@ export async function main(args: string[]): Promise<number> {
     console.error(`error: --out must name an .html file, got "${out}"`);
     return 2;
   }
-  const runs = await writeRunReport(dirs, out);
+  let runs;
+  try {
+    runs = await writeRunReport(dirs, out);
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    return 1;
+  }
   for (const r of runs) {
     const evals = r.evals.length ? `, ${r.evals.length} evaluations` : "";
     console.log(`${r.dir}: ${r.steps.length} steps${evals}`);

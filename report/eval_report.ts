@@ -51,7 +51,9 @@ export async function evalReportHtml(
           `${(100 * r.accuracy).toFixed(1)}%`,
           r.seconds.toFixed(1),
           String(r.tokens),
-          ...(sampling ? [`${(r.tokens / sampling.tokens).toFixed(2)}x`] : []),
+          ...(sampling
+            ? [sampling.tokens ? `${(r.tokens / sampling.tokens).toFixed(2)}x` : "—"]
+            : []),
         ]),
       ),
     ].join("\n"),

@@ -229,6 +229,11 @@ export async function runReportHtml(runs: RunData[]): Promise<string> {
 /** Writes the report of `runDirs` to `outFile` (atomically: an old report stays whole until replaced). */
 export async function writeRunReport(runDirs: string[], outFile: string): Promise<RunData[]> {
   const runs = await Promise.all(runDirs.map(readRun));
+  // runs/a/out and runs/b/out: legends and columns need more than the last component
+  const names = runs.map((r) => r.name);
+  runs.forEach((r) => {
+    if (names.filter((n) => n === r.name).length > 1) r.name = r.dir;
+  });
   const html = new TextEncoder().encode(await runReportHtml(runs));
   await atomicWrite(outFile, async (file) => {
     for (let done = 0; done < html.length;) done += await file.write(html.subarray(done));

@@ -5,6 +5,7 @@ import { Tensor } from "../engine/tensor.ts";
 import { AdamW, clipGradNorm } from "../engine/optim.ts";
 import { chooseBackend } from "../engine/backend_deno.ts";
 import { sizeClass } from "../engine/buffer_pool.ts";
+import { tensorFromRaw } from "../engine/tensor_io.ts";
 import { assert, assertEquals, assertThrows } from "@std/assert";
 import { assertClose, dev, gpuTest, randArray, toTensor } from "./_helpers.ts";
 import { logSumExp } from "../engine/ops/_reference.ts";
@@ -177,6 +178,26 @@ Deno.test("chooseBackend() keeps the user's choice, else takes Vulkan on Linux w
   assertEquals(chooseBackend("linux", undefined, ["README"]), undefined);
   assertEquals(chooseBackend("darwin", undefined, ["MoltenVK_icd.json"]), undefined); // Metal
   assertEquals(chooseBackend("linux", "", ["lvp_icd.x86_64.json"]), "vulkan");
+});
+
+Deno.test({
+  name: "loaded tensors and KV caches are sized exactly, and given back to the GPU when released",
+  ...gpuTest,
+  fn: async () => {
+    await dev.sync();
+    const [pooled, live] = [dev.pooledBytes, dev.liveBytes];
+    // 1088 floats = 4352 bytes: its class would be 5120 (a 70.8 MB int4 matrix: an 83.9 MB class)
+    const values = Float32Array.from({ length: 1088 }, (_, i) => i / 7);
+    const t = tensorFromRaw({ dtype: "F32", shape: [1088], data: new Uint8Array(values.buffer) });
+    assertEquals(t.buffer.size, 4352);
+    assertEquals(sizeClass(4352), 5120);
+    assertEquals(dev.liveBytes - live, t.buffer.size);
+    assertEquals(Array.from(await t.toArray()), Array.from(values));
+    t.dispose();
+    await dev.sync();
+    assertEquals(dev.liveBytes, live);
+    assertEquals(dev.pooledBytes, pooled, "an exact-size buffer is not kept for reuse");
+  },
 });
 
 Deno.test("sizeClass() rounds to 256 B, then quarter steps of a power of two", () => {

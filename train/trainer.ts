@@ -205,7 +205,10 @@ export async function train(
     if (metrics.stop === 1) await appendJsonl(metricsPath, { stop: "target", step });
     return metrics.stop === 1;
   };
-  /** OUT/report.html, rewritten with each checkpoint; a failure costs the report, not the run. */
+  /**
+   * OUT/report.html, rewritten with each checkpoint, at the end, and when the run fails (up to
+   * its last logged step); a failure to write it costs the report, not the run.
+   */
   const report = async () => {
     try {
       await writeRunReport([o.outDir], `${o.outDir}/report.html`);
@@ -314,6 +317,9 @@ export async function train(
       await save(checkpoint, last);
       await report();
     }
+  } catch (e) {
+    if (history.length) await report(); // a diverged or crashed run: what it logged
+    throw e;
   } finally {
     (next as Prefetched | null)?.abort(); // rollouts drawn for a step that will not run
     opt.dispose();

@@ -98,10 +98,24 @@ if (import.meta.main) {
     console.error(`error: --model: ${modelDir}/config.json not found`);
     Deno.exit(2);
   }
-  await buildWeb();
-  Deno.serve({
-    hostname: "127.0.0.1",
-    port,
-    onListen: ({ port }) => console.log(`playground: http://127.0.0.1:${port}/`),
-  }, handler(modelDir));
+  try {
+    await buildWeb();
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    Deno.exit(1);
+  }
+  try {
+    Deno.serve({
+      hostname: "127.0.0.1",
+      port,
+      onListen: ({ port }) => console.log(`playground: http://127.0.0.1:${port}/`),
+    }, handler(modelDir));
+  } catch (e) {
+    console.error(
+      e instanceof Deno.errors.AddrInUse
+        ? `error: port ${port} is in use: choose another with --port N (0: any free port)`
+        : `error: ${(e as Error).message}`,
+    );
+    Deno.exit(1);
+  }
 }

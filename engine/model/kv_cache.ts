@@ -50,8 +50,10 @@ export class KVCache implements KeyValueCache {
     this.batchInvariant = options.batchInvariant === true;
     this.maxLength = maxLength;
     const shape = [batch, config.numKvHeads, maxLength, config.headDim];
-    this.keys = Array.from({ length: config.numLayers }, () => keep(Tensor.empty(shape)));
-    this.values = Array.from({ length: config.numLayers }, () => keep(Tensor.empty(shape)));
+    // the largest buffers of decoding, for the whole generation: sized exactly
+    const layer = () => keep(Tensor.empty(shape, "f32", { exact: true }));
+    this.keys = Array.from({ length: config.numLayers }, layer);
+    this.values = Array.from({ length: config.numLayers }, layer);
   }
 
   /** Writes k, v (B, Hkv, T, D) of `layer` at the current length. */

@@ -1,6 +1,6 @@
 /**
  * Where a checkpoint's files come from: a directory on disk (Deno,
- * dir_source.ts) or a URL (a browser, url_source.ts). The loader
+ * checkpoint.ts's dirSource) or a URL (a browser, url_source.ts). The loader
  * (load.ts) reads through this and nothing else, so both load the same way.
  * @module
  */

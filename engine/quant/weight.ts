@@ -48,11 +48,13 @@ export class QuantizedWeight {
           new Uint8Array(q.buffer, q.byteOffset, q.byteLength),
           [rows, words],
           "i32",
+          { exact: true },
         ),
         sz: Tensor.fromBytes(
           new Uint8Array(sz.buffer, sz.byteOffset, sz.byteLength),
           [rows, G],
           "i32",
+          { exact: true },
         ),
         from,
         rows,
