@@ -34,6 +34,14 @@ export async function atomicWrite(
   }
 }
 
+/** Writes `text` (UTF-8) to `path` through atomicWrite, every byte (a write may take only part). */
+export async function atomicWriteText(path: string, text: string): Promise<void> {
+  const bytes = new TextEncoder().encode(text);
+  await atomicWrite(path, async (file) => {
+    for (let done = 0; done < bytes.length;) done += await file.write(bytes.subarray(done));
+  });
+}
+
 /** `<pid>-<random>`: names temp files and directories no other writer uses. */
 export function uniqueSuffix(): string {
   return `${Deno.pid}-${Math.random().toString(36).slice(2)}`;

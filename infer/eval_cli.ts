@@ -7,7 +7,8 @@
 import { is, numberFlag, parseArgs, type ParsedArgs, quantizeFlag } from "@std/cli";
 import { initDeviceOrExplain } from "../engine/device.ts";
 import { readJsonlRecords } from "../engine/jsonl.ts";
-import { atomicWrite } from "../engine/atomic.ts";
+import { atomicWriteText } from "../engine/atomic.ts";
+import { parentOf, pathKind } from "../engine/paths.ts";
 import { evalReportHtml } from "../report/eval_report.ts";
 import { loadModel } from "../engine/model/checkpoint.ts";
 import { checkEncodable } from "../engine/model/tokenizer.ts";
@@ -210,11 +211,8 @@ export async function main(args: string[]): Promise<number> {
   }
   if (reportFile !== undefined) {
     // found before the evaluation runs, not after
-    const dir = reportFile.includes("/")
-      ? reportFile.slice(0, reportFile.lastIndexOf("/")) || "/"
-      : ".";
-    const info = await Deno.stat(dir).catch(() => null);
-    if (!info?.isDirectory) {
+    const dir = parentOf(reportFile);
+    if (await pathKind(dir) !== "dir") {
       console.error(`error: --report: the directory ${dir} does not exist`);
       return 2;
     }
@@ -313,14 +311,6 @@ export async function main(args: string[]): Promise<number> {
 }
 
 class UsageError extends Error {}
-
-/** Writes text through a temp file beside `path`. */
-async function atomicWriteText(path: string, text: string): Promise<void> {
-  const bytes = new TextEncoder().encode(text);
-  await atomicWrite(path, async (file) => {
-    for (let done = 0; done < bytes.length;) done += await file.write(bytes.subarray(done));
-  });
-}
 
 /** --score: saved responses, no model. */
 async function score(

@@ -10,7 +10,7 @@
  */
 import { lineChart, type Marker, type Point, renderSvg } from "./charts.ts";
 import { escapeHtml, page, table } from "./html.ts";
-import { atomicWrite } from "../engine/atomic.ts";
+import { atomicWriteText } from "../engine/atomic.ts";
 
 /** What a run directory holds, read leniently. */
 export interface RunData {
@@ -234,9 +234,6 @@ export async function writeRunReport(runDirs: string[], outFile: string): Promis
   runs.forEach((r) => {
     if (names.filter((n) => n === r.name).length > 1) r.name = r.dir;
   });
-  const html = new TextEncoder().encode(await runReportHtml(runs));
-  await atomicWrite(outFile, async (file) => {
-    for (let done = 0; done < html.length;) done += await file.write(html.subarray(done));
-  });
+  await atomicWriteText(outFile, await runReportHtml(runs));
   return runs;
 }

@@ -4,17 +4,9 @@
  * CHROMIUM names another binary.
  */
 import puppeteer, { type Browser, type Page } from "puppeteer-core";
+import { exists } from "../engine/paths.ts";
 
 export const CHROMIUM = Deno.env.get("CHROMIUM") ?? "/usr/bin/chromium";
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * Browser tests run where chromium is installed, and are skipped elsewhere
@@ -22,7 +14,7 @@ function exists(path: string): boolean {
  * EM_REQUIRE_BROWSER=1, so there a missing browser fails instead.
  */
 export const browserTest = {
-  ignore: !exists(CHROMIUM) && !Deno.env.get("EM_REQUIRE_BROWSER"),
+  ignore: !(await exists(CHROMIUM)) && !Deno.env.get("EM_REQUIRE_BROWSER"),
 } as const;
 
 /** Launches Chromium with WebGPU on, or throws saying what to install. */

@@ -5,7 +5,7 @@
  * @module
  */
 import {
-  atomicWrite,
+  atomicWriteText,
   recoverDirectory,
   replaceDirectory,
   tempDirectoryBeside,
@@ -152,9 +152,7 @@ export async function truncateMetrics(path: string, step: number): Promise<void>
       return false;
     }
   });
-  await atomicWrite(path, async (f) => {
-    await f.write(new TextEncoder().encode(kept.map((l) => l + "\n").join("")));
-  });
+  await atomicWriteText(path, kept.map((l) => l + "\n").join(""));
 }
 
 /** Appends one JSON record to a JSONL file. */
@@ -167,7 +165,5 @@ export async function appendJsonl(path: string, value: unknown): Promise<void> {
 }
 
 async function writeJson(path: string, value: unknown): Promise<void> {
-  await atomicWrite(path, async (f) => {
-    await f.write(new TextEncoder().encode(JSON.stringify(value, null, 2) + "\n"));
-  });
+  await atomicWriteText(path, JSON.stringify(value, null, 2) + "\n");
 }

@@ -6,7 +6,12 @@
  * (atomic, never over the source).
  * @module
  */
-import { atomicWrite, recoverDirectory, replaceDirectory, tempDirectoryBeside } from "../atomic.ts";
+import {
+  atomicWriteText,
+  recoverDirectory,
+  replaceDirectory,
+  tempDirectoryBeside,
+} from "../atomic.ts";
 import { initDevice } from "../device.ts";
 import { exists, parentOf } from "../paths.ts";
 import { type RawTensor, SafetensorsFile, toFloat32, writeSafetensors } from "../safetensors.ts";
@@ -186,9 +191,7 @@ export async function saveModel(
         ? "float16"
         : "float32",
     };
-    await atomicWrite(`${tmp}/config.json`, async (f) => {
-      await f.write(new TextEncoder().encode(JSON.stringify(config, null, 2) + "\n"));
-    });
+    await atomicWriteText(`${tmp}/config.json`, JSON.stringify(config, null, 2) + "\n");
     if (source) {
       for (const name of TOKENIZER_FILES) {
         try {

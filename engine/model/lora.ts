@@ -7,7 +7,7 @@
  * `PeftModel.from_pretrained(base, dir)` loads them.
  * @module
  */
-import { atomicWrite } from "../atomic.ts";
+import { atomicWriteText } from "../atomic.ts";
 import { readSafetensors, writeSafetensors } from "../safetensors.ts";
 import { tensorFromRaw } from "../tensor_io.ts";
 import { device } from "../device.ts";
@@ -112,9 +112,7 @@ export class LoraAdapters {
       use_rslora: false,
       use_dora: false,
     };
-    await atomicWrite(`${dir}/adapter_config.json`, async (f) => {
-      await f.write(new TextEncoder().encode(JSON.stringify(config, null, 2) + "\n"));
-    });
+    await atomicWriteText(`${dir}/adapter_config.json`, JSON.stringify(config, null, 2) + "\n");
   }
 
   /** Reads adapters saved by `save` (or by PEFT) for `config`'s model. */
